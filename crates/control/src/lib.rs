@@ -1,0 +1,127 @@
+//! The LANrage control plane: devices, parties, membership, virtual-IP assignment and
+//! signalling, served as HTTP+JSON under `/v1` with a WebSocket for live updates.
+//!
+//! Layers: `routes` (axum handlers, auth extraction, error mapping) → `parties` and `auth`
+//! (domain rules) → `store` (SQL). `hub` pushes changes to connected members.
+
+mod auth;
+mod error;
+mod hub;
+mod net;
+mod parties;
+mod routes;
+mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use net::PartyNetwork;
+
+/// Settings of one control-plane instance.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// e.g. `sqlite:///var/lib/lanrage/control.db`; the file is created if missing.
+    pub database_url: String,
+    /// The URL invite codes carry. `None`: derived from each request's `Host` header, which
+    /// is the address the client used to reach this server.
+    pub public_url: Option<String>,
+    /// Network new parties get.
+    pub network: PartyNetwork,
+    /// Membership timing; the defaults are the product's (90 s away, 5 min removed).
+    pub liveness: Liveness,
+}
+
+impl ControlConfig {
+    /// Defaults for a database URL.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            public_url: None,
+            network: PartyNetwork::default(),
+            liveness: Liveness::default(),
+        }
+    }
+}
+
+/// When silent members are marked away and removed.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub away_after: Duration,
+    pub remove_after: Duration,
+    /// How often the sweeper looks.
+    pub sweep_every: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            away_after: Duration::from_secs(90),
+            remove_after: Duration::from_secs(300),
+            sweep_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running control plane's shared state.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<parties::Service>,
+}
+
+impl Control {
+    /// Opens (and creates or migrates) the database.
+    pub async fn open(config: ControlConfig) -> anyhow::Result<Self> {
+        let store = store::Store::open(&config.database_url)
+            .await
+            .with_context(|| format!("opening control database {}", config.database_url))?;
+        Ok(Self {
+            inner: Arc::new(parties::Service::new(store, config)),
+        })
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> axum::Router {
+        routes::router(Arc::clone(&self.inner))
+    }
+
+    /// Applies the liveness rules as of `now_ms` (Unix milliseconds); the server calls this
+    /// on a timer, tests call it with a chosen time.
+    pub async fn sweep(&self, now_ms: i64) -> Result<(), ApiError> {
+        self.inner.sweep(now_ms).await
+    }
+
+    /// Serves on `listener` until `shutdown` completes, sweeping members on the way.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let sweeper = {
+            let control = self.clone();
+            let every = control.inner.config.liveness.sweep_every;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = control.sweep(parties::now_ms()).await {
+                        tracing::warn!(error = %e, "membership sweep failed");
+                    }
+                }
+            })
+        };
+        let app = self.router();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("control plane server");
+        sweeper.abort();
+        self.inner.hub.close_all();
+        result
+    }
+}

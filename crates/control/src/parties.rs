@@ -1,0 +1,590 @@
+//! The domain rules: parties, membership, addresses, liveness and signalling.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use lanrage_proto::api::{
+    ChallengeResponse, CreatePartyRequest, JoinPartyRequest, MemberView, PartyResponse, PartyView,
+    ServerMessage, TokenRequest, TokenResponse,
+};
+use lanrage_proto::{DeviceKey, InviteCode, PartyId, PartySecret};
+use rand::RngCore;
+use sqlx::SqliteConnection;
+use tokio::sync::Mutex;
+
+use crate::ControlConfig;
+use crate::auth::{self, Challenges};
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::net::PartyNetwork;
+use crate::store::{self, PartyRow, Store};
+
+/// Hard ceiling on party size: every member keeps a WireGuard session to every other.
+pub const MAX_PARTY_SIZE: u32 = 250;
+/// Host offset of the party's host (`.1`); members get the lowest free from `.2`.
+const HOST_OFFSET: u32 = 1;
+const FIRST_MEMBER_OFFSET: u32 = 2;
+/// Most candidate addresses one device may publish.
+const MAX_CANDIDATES: usize = 16;
+
+/// Unix time in milliseconds (the server shell's clock).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The control plane's state and rules.
+pub struct Service {
+    pub store: Store,
+    pub config: ControlConfig,
+    pub hub: Hub,
+    challenges: Challenges,
+    /// Membership changes run one at a time per instance; the UNIQUE constraints on
+    /// addresses and names back this up in the database.
+    writes: Mutex<()>,
+}
+
+impl Service {
+    pub fn new(store: Store, config: ControlConfig) -> Self {
+        Self {
+            store,
+            config,
+            hub: Hub::default(),
+            challenges: Challenges::default(),
+            writes: Mutex::new(()),
+        }
+    }
+
+    // ---------------------------------------------------------------- auth
+
+    pub fn challenge(&self, device: DeviceKey) -> Result<ChallengeResponse, ApiError> {
+        self.challenges.issue(device)
+    }
+
+    pub async fn token(&self, req: TokenRequest) -> Result<TokenResponse, ApiError> {
+        self.challenges
+            .verify(&req.challenge_id, &req.public_key, &req.proof)?;
+        let mut c = self.store.pool.acquire().await?;
+        store::upsert_device(&mut c, &req.public_key, now_ms()).await?;
+        self.issue_token(&mut c, &req.public_key).await
+    }
+
+    pub async fn renew(&self, device: &DeviceKey) -> Result<TokenResponse, ApiError> {
+        let mut c = self.store.pool.acquire().await?;
+        self.issue_token(&mut c, device).await
+    }
+
+    async fn issue_token(
+        &self,
+        c: &mut SqliteConnection,
+        device: &DeviceKey,
+    ) -> Result<TokenResponse, ApiError> {
+        let (resp, digest) = auth::new_token();
+        let ttl = i64::try_from(auth::TOKEN_TTL.as_millis()).unwrap_or(i64::MAX);
+        store::insert_token(c, &digest, device, now_ms() + ttl).await?;
+        Ok(resp)
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<DeviceKey, ApiError> {
+        let mut c = self.store.pool.acquire().await?;
+        store::token_owner(&mut c, &auth::token_digest(token), now_ms())
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the token is unknown or expired; sign in again"))
+    }
+
+    // ---------------------------------------------------------------- parties
+
+    pub async fn create(
+        &self,
+        device: DeviceKey,
+        req: CreatePartyRequest,
+        base_url: &str,
+    ) -> Result<PartyResponse, ApiError> {
+        let name = clean_name(&req.name, 64, "party name")?;
+        let player = clean_name(&req.player_name, 32, "player name")?;
+        if let Some(m) = req.max_members
+            && !(2..=MAX_PARTY_SIZE).contains(&m)
+        {
+            return Err(ApiError::bad_request(format!(
+                "max_members must be between 2 and {MAX_PARTY_SIZE}"
+            )));
+        }
+        let mut id = [0u8; 8];
+        let mut secret = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        rand::rng().fill_bytes(&mut secret);
+        let row = PartyRow {
+            id: PartyId::from_bytes(id),
+            name,
+            secret: PartySecret::from_bytes(secret).to_string(),
+            host: device,
+            locked: false,
+            max_members: req.max_members,
+            network: self.config.network.to_string(),
+            version: 1,
+        };
+        let _w = self.writes.lock().await;
+        let now = now_ms();
+        let mut tx = self.store.pool.begin().await?;
+        store::insert_party(&mut tx, &row, now).await?;
+        store::reserve(&mut tx, &row.id, &device, HOST_OFFSET).await?;
+        store::insert_member(&mut tx, &row.id, &device, &player, now).await?;
+        let view = self.view_in(&mut tx, &row.id).await?;
+        tx.commit().await?;
+        tracing::info!(party = %row.id, "party created");
+        let invite = self.invite_code(&row, base_url)?;
+        self.push(&view);
+        Ok(PartyResponse {
+            party: view,
+            invite,
+        })
+    }
+
+    pub async fn join(
+        &self,
+        device: DeviceKey,
+        id: PartyId,
+        req: JoinPartyRequest,
+        base_url: &str,
+    ) -> Result<PartyResponse, ApiError> {
+        let player = clean_name(&req.player_name, 32, "player name")?;
+        let secret = req.secret.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_secret",
+                "joining needs the party's invite secret; use the whole invite code",
+            )
+        })?;
+        let _w = self.writes.lock().await;
+        let now = now_ms();
+        let mut tx = self.store.pool.begin().await?;
+        let party = store::get_party(&mut tx, &id)
+            .await?
+            .ok_or_else(ApiError::party_not_found)?;
+        let stored: PartySecret = party.secret.parse().map_err(ApiError::internal)?;
+        if !stored.ct_eq(&secret) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_secret",
+                "the invite's secret is wrong for this party; ask the host for a fresh invite",
+            ));
+        }
+        if store::is_banned(&mut tx, &id, &device).await? {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "banned",
+                "the host removed this device from the party",
+            ));
+        }
+        let members = store::members(&mut tx, &id).await?;
+        if members.iter().any(|m| m.public_key == device) {
+            // Already a member (a daemon restarting): same address, no change.
+            store::touch_member(&mut tx, &id, &device, now).await?;
+            let view = self.view_in(&mut tx, &id).await?;
+            tx.commit().await?;
+            let invite = self.invite_code(&party, base_url)?;
+            return Ok(PartyResponse {
+                party: view,
+                invite,
+            });
+        }
+        if party.locked {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "party_locked",
+                "the party is locked; the host must unlock it before anyone can join",
+            ));
+        }
+        let limit = party.max_members.unwrap_or(MAX_PARTY_SIZE);
+        if members.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "party_full",
+                format!("the party is full ({limit} members)"),
+            ));
+        }
+        if store::reservation(&mut tx, &id, &device).await?.is_none() {
+            let network: PartyNetwork = party.network.parse().map_err(ApiError::internal)?;
+            let taken = store::reserved_offsets(&mut tx, &id).await?;
+            let offset = network
+                .lowest_free(FIRST_MEMBER_OFFSET, &taken)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "party_full",
+                        "the party network has no free address left",
+                    )
+                })?;
+            store::reserve(&mut tx, &id, &device, offset).await?;
+        }
+        let name = unique_name(&player, members.iter().map(|m| m.name.as_str()));
+        store::insert_member(&mut tx, &id, &device, &name, now).await?;
+        store::update_party(&mut tx, &party).await?;
+        let view = self.view_in(&mut tx, &id).await?;
+        tx.commit().await?;
+        tracing::info!(party = %id, members = view.members.len(), "member joined");
+        self.push(&view);
+        let invite = self.invite_code(&party, base_url)?;
+        Ok(PartyResponse {
+            party: view,
+            invite,
+        })
+    }
+
+    pub async fn leave(&self, device: DeviceKey, id: PartyId) -> Result<(), ApiError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.pool.begin().await?;
+        self.member_party(&mut tx, &device, &id).await?;
+        let view = self.remove_member(&mut tx, &id, &device).await?;
+        tx.commit().await?;
+        self.after_removal(view, &id, &device, "left the party");
+        Ok(())
+    }
+
+    pub async fn kick(
+        &self,
+        device: DeviceKey,
+        id: PartyId,
+        who: &str,
+    ) -> Result<PartyView, ApiError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.pool.begin().await?;
+        let party = self.member_party(&mut tx, &device, &id).await?;
+        if party.host != device {
+            return Err(ApiError::not_host("kick members"));
+        }
+        let members = store::members(&mut tx, &id).await?;
+        let target = members
+            .iter()
+            .find(|m| m.name == who || m.public_key.to_string() == who)
+            .map(|m| m.public_key)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "member_not_found",
+                    format!("no member named {who:?} in this party"),
+                )
+            })?;
+        if target == device {
+            return Err(ApiError::bad_request(
+                "the host cannot kick itself; leave the party instead",
+            ));
+        }
+        store::ban(&mut tx, &id, &target).await?;
+        let view = self.remove_member(&mut tx, &id, &target).await?;
+        tx.commit().await?;
+        self.after_removal(view.clone(), &id, &target, "kicked by the host");
+        view.ok_or_else(ApiError::party_not_found)
+    }
+
+    pub async fn lock(
+        &self,
+        device: DeviceKey,
+        id: PartyId,
+        locked: bool,
+    ) -> Result<PartyView, ApiError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.pool.begin().await?;
+        let mut party = self.member_party(&mut tx, &device, &id).await?;
+        if party.host != device {
+            return Err(ApiError::not_host(if locked {
+                "lock the party"
+            } else {
+                "unlock the party"
+            }));
+        }
+        if party.locked != locked {
+            party.locked = locked;
+            store::update_party(&mut tx, &party).await?;
+        }
+        let view = self.view_in(&mut tx, &id).await?;
+        tx.commit().await?;
+        self.push(&view);
+        Ok(view)
+    }
+
+    pub async fn heartbeat(&self, device: DeviceKey, id: PartyId) -> Result<PartyView, ApiError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.pool.begin().await?;
+        let party = self.member_party(&mut tx, &device, &id).await?;
+        let was_away = store::members(&mut tx, &id)
+            .await?
+            .iter()
+            .any(|m| m.public_key == device && m.away);
+        store::touch_member(&mut tx, &id, &device, now_ms()).await?;
+        if was_away {
+            store::update_party(&mut tx, &party).await?;
+        }
+        let view = self.view_in(&mut tx, &id).await?;
+        tx.commit().await?;
+        if was_away {
+            self.push(&view);
+        }
+        Ok(view)
+    }
+
+    pub async fn set_candidates(
+        &self,
+        device: DeviceKey,
+        id: PartyId,
+        candidates: Vec<SocketAddr>,
+    ) -> Result<PartyView, ApiError> {
+        if candidates.len() > MAX_CANDIDATES {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_CANDIDATES} candidate addresses"
+            )));
+        }
+        let json = serde_json::to_string(&candidates).map_err(ApiError::internal)?;
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.pool.begin().await?;
+        let party = self.member_party(&mut tx, &device, &id).await?;
+        let current = store::members(&mut tx, &id).await?;
+        let changed = current
+            .iter()
+            .any(|m| m.public_key == device && m.candidates != json);
+        if changed {
+            store::set_candidates(&mut tx, &id, &device, &json).await?;
+            store::update_party(&mut tx, &party).await?;
+        }
+        let view = self.view_in(&mut tx, &id).await?;
+        tx.commit().await?;
+        if changed {
+            self.push(&view);
+        }
+        Ok(view)
+    }
+
+    pub async fn view(&self, device: DeviceKey, id: PartyId) -> Result<PartyView, ApiError> {
+        let mut c = self.store.pool.acquire().await?;
+        self.member_party(&mut c, &device, &id).await?;
+        self.view_in(&mut c, &id).await
+    }
+
+    pub async fn invite(
+        &self,
+        device: DeviceKey,
+        id: PartyId,
+        base_url: &str,
+    ) -> Result<String, ApiError> {
+        let mut c = self.store.pool.acquire().await?;
+        let party = self.member_party(&mut c, &device, &id).await?;
+        self.invite_code(&party, base_url)
+    }
+
+    /// Marks members silent for `away_after` as away and removes those silent for
+    /// `remove_after`, pushing each change.
+    pub async fn sweep(&self, now: i64) -> Result<(), ApiError> {
+        let live = self.config.liveness;
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let _w = self.writes.lock().await;
+        let mut c = self.store.pool.acquire().await?;
+        store::purge_tokens(&mut c, now).await?;
+        for (party, device, _) in store::silent_members(&mut c, now - ms(live.remove_after)).await?
+        {
+            let mut tx = self.store.pool.begin().await?;
+            let view = self.remove_member(&mut tx, &party, &device).await?;
+            tx.commit().await?;
+            tracing::info!(%party, "member removed after five silent minutes");
+            self.after_removal(view, &party, &device, "silent for too long");
+        }
+        for (party, device, away) in
+            store::silent_members(&mut c, now - ms(live.away_after)).await?
+        {
+            if away {
+                continue;
+            }
+            let mut tx = self.store.pool.begin().await?;
+            let Some(row) = store::get_party(&mut tx, &party).await? else {
+                continue;
+            };
+            store::set_away(&mut tx, &party, &device).await?;
+            store::update_party(&mut tx, &row).await?;
+            let view = self.view_in(&mut tx, &party).await?;
+            tx.commit().await?;
+            self.push(&view);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- live
+
+    /// A WebSocket opened: send the device the current view of each of its parties.
+    pub async fn connected(&self, device: &DeviceKey) -> Result<(), ApiError> {
+        let mut c = self.store.pool.acquire().await?;
+        for id in store::parties_of(&mut c, device).await? {
+            let party = self.view_in(&mut c, &id).await?;
+            self.hub.send(device, &ServerMessage::Party { party });
+        }
+        Ok(())
+    }
+
+    /// Relays a signalling message to a member of a party the sender is in.
+    pub async fn signal(
+        &self,
+        from: DeviceKey,
+        to: DeviceKey,
+        payload: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let mut c = self.store.pool.acquire().await?;
+        let mine = store::parties_of(&mut c, &from).await?;
+        let theirs = store::parties_of(&mut c, &to).await?;
+        if !mine.iter().any(|p| theirs.contains(p)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_member",
+                "signals go only to members of a party you are in",
+            ));
+        }
+        self.hub.send(&to, &ServerMessage::Signal { from, payload });
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    /// The party, if `device` is a member; otherwise the right error.
+    async fn member_party(
+        &self,
+        c: &mut SqliteConnection,
+        device: &DeviceKey,
+        id: &PartyId,
+    ) -> Result<PartyRow, ApiError> {
+        let party = store::get_party(c, id)
+            .await?
+            .ok_or_else(ApiError::party_not_found)?;
+        if store::members(c, id)
+            .await?
+            .iter()
+            .any(|m| m.public_key == *device)
+        {
+            Ok(party)
+        } else {
+            Err(ApiError::not_member())
+        }
+    }
+
+    /// Removes a member; hands the party to the longest-standing member if the host left;
+    /// ends the party when nobody is left. Returns the new view, or `None` if it ended.
+    async fn remove_member(
+        &self,
+        c: &mut SqliteConnection,
+        id: &PartyId,
+        device: &DeviceKey,
+    ) -> Result<Option<PartyView>, ApiError> {
+        let Some(mut party) = store::get_party(c, id).await? else {
+            return Ok(None);
+        };
+        store::delete_member(c, id, device).await?;
+        let rest = store::members(c, id).await?;
+        let Some(successor) = rest
+            .iter()
+            .min_by_key(|m| (m.joined_at, m.public_key))
+            .map(|m| m.public_key)
+        else {
+            store::delete_party(c, id).await?;
+            tracing::info!(party = %id, "party ended: no members left");
+            return Ok(None);
+        };
+        if party.host == *device {
+            party.host = successor;
+            tracing::info!(party = %id, "host left; party handed to the longest-standing member");
+        }
+        store::update_party(c, &party).await?;
+        Ok(Some(self.view_in(c, id).await?))
+    }
+
+    fn after_removal(
+        &self,
+        view: Option<PartyView>,
+        id: &PartyId,
+        device: &DeviceKey,
+        reason: &str,
+    ) {
+        self.hub.send(
+            device,
+            &ServerMessage::Removed {
+                party: *id,
+                reason: reason.to_owned(),
+            },
+        );
+        if let Some(view) = view {
+            self.push(&view);
+        }
+    }
+
+    async fn view_in(&self, c: &mut SqliteConnection, id: &PartyId) -> Result<PartyView, ApiError> {
+        let party = store::get_party(c, id)
+            .await?
+            .ok_or_else(ApiError::party_not_found)?;
+        let network: PartyNetwork = party.network.parse().map_err(ApiError::internal)?;
+        let members = store::members(c, id)
+            .await?
+            .into_iter()
+            .map(|m| MemberView {
+                public_key: m.public_key,
+                name: m.name,
+                virtual_ip: network.addr(m.host_offset),
+                joined_at: m.joined_at,
+                online: !m.away,
+                candidates: serde_json::from_str(&m.candidates).unwrap_or_default(),
+            })
+            .collect();
+        Ok(PartyView {
+            id: party.id,
+            name: party.name,
+            version: u64::try_from(party.version).unwrap_or(0),
+            host: party.host,
+            locked: party.locked,
+            max_members: party.max_members,
+            network: party.network,
+            members,
+        })
+    }
+
+    fn push(&self, view: &PartyView) {
+        let msg = ServerMessage::Party {
+            party: view.clone(),
+        };
+        for m in &view.members {
+            self.hub.send(&m.public_key, &msg);
+        }
+    }
+
+    fn invite_code(&self, party: &PartyRow, base_url: &str) -> Result<String, ApiError> {
+        let url = self.config.public_url.as_deref().unwrap_or(base_url);
+        let secret: PartySecret = party.secret.parse().map_err(ApiError::internal)?;
+        InviteCode::new(url, party.id, secret)
+            .map(|c| c.to_string())
+            .map_err(|e| ApiError::bad_request(format!("cannot build an invite for {url:?}: {e}")))
+    }
+}
+
+/// Trims a name and checks its length and characters.
+fn clean_name(raw: &str, max: usize, what: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    let len = name.chars().count();
+    if len == 0 || len > max {
+        return Err(ApiError::bad_request(format!(
+            "the {what} must be 1 to {max} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "the {what} must not contain control characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// `name`, or `name-2`, `name-3`… if another member already has it.
+fn unique_name<'a>(name: &str, taken: impl Iterator<Item = &'a str> + Clone) -> String {
+    if !taken.clone().any(|t| t == name) {
+        return name.to_owned();
+    }
+    (2..)
+        .map(|i| format!("{name}-{i}"))
+        .find(|c| !taken.clone().any(|t| t == c))
+        .unwrap_or_else(|| name.to_owned())
+}

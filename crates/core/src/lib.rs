@@ -1,0 +1,10 @@
+//! LANrage's sans-IO state machines: the WireGuard mesh node, the packet demultiplexer and
+//! device authentication. Nothing here touches a socket, a clock or an OS random source.
+
+pub mod auth;
+pub mod demux;
+pub mod packet;
+pub mod wg;
+
+pub use demux::{PacketClass, classify};
+pub use wg::{Counters, Node, PeerStats, Transmit};

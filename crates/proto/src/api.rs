@@ -1,0 +1,148 @@
+//! The control plane's HTTP+JSON API under `/v1` and its WebSocket messages.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeviceKey, PartyId, PartySecret};
+
+/// `POST /v1/auth/challenge`: a device asks to prove it holds the private key of `public_key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    pub public_key: DeviceKey,
+}
+
+/// The server's ephemeral X25519 key and a nonce; the device answers with a MAC keyed by
+/// the Diffie-Hellman secret of its private key and `server_public`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    pub challenge_id: String,
+    pub server_public: DeviceKey,
+    /// 32 bytes, standard base64.
+    pub nonce: String,
+    pub expires_in_s: u64,
+}
+
+/// `POST /v1/auth/token`: the proof for a challenge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub challenge_id: String,
+    pub public_key: DeviceKey,
+    /// 32 bytes, standard base64.
+    pub proof: String,
+}
+
+/// A bearer token for the other routes; renew it before `expires_in_s` passes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub expires_in_s: u64,
+}
+
+/// `POST /v1/parties`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatePartyRequest {
+    pub name: String,
+    #[serde(default)]
+    pub max_members: Option<u32>,
+    pub player_name: String,
+}
+
+/// `POST /v1/parties/{id}/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinPartyRequest {
+    #[serde(default)]
+    pub secret: Option<PartySecret>,
+    pub player_name: String,
+}
+
+/// `POST /v1/parties/{id}/kick`: `member` is a player name or a public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KickRequest {
+    pub member: String,
+}
+
+/// `POST /v1/parties/{id}/lock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub locked: bool,
+}
+
+/// `PUT /v1/parties/{id}/candidates`: the addresses where this device's UDP socket may be
+/// reached (host candidates now; reflexive and relayed ones join them with ICE).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CandidatesRequest {
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// A party as its members see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartyView {
+    pub id: PartyId,
+    pub name: String,
+    /// Grows by one on every membership change; a client keeps the highest it has seen.
+    pub version: u64,
+    pub host: DeviceKey,
+    pub locked: bool,
+    pub max_members: Option<u32>,
+    /// The party network in CIDR notation, e.g. `10.66.0.0/16`.
+    pub network: String,
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a party.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub public_key: DeviceKey,
+    pub name: String,
+    pub virtual_ip: Ipv4Addr,
+    /// Unix milliseconds.
+    pub joined_at: i64,
+    /// False once the member has been silent for 90 s.
+    pub online: bool,
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// Reply to create and join: the party and its invite code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartyResponse {
+    pub party: PartyView,
+    pub invite: String,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable, e.g. `wrong_secret`, `party_full`.
+    pub code: String,
+    /// One human sentence.
+    pub error: String,
+}
+
+/// Messages the control plane pushes over `GET /v1/ws`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The party changed (or the socket just connected): the full current view.
+    Party { party: PartyView },
+    /// This device is no longer a member (kicked, expired, or the party is gone).
+    Removed { party: PartyId, reason: String },
+    /// A signalling message from another member.
+    Signal {
+        from: DeviceKey,
+        payload: serde_json::Value,
+    },
+    /// A message from this client could not be handled.
+    Error { error: String },
+}
+
+/// Messages a client sends over `GET /v1/ws`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Forward `payload` to member `to` of a party both are in.
+    Signal {
+        to: DeviceKey,
+        payload: serde_json::Value,
+    },
+}

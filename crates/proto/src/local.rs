@@ -1,0 +1,135 @@
+//! The daemon's local API (loopback only), shared by the daemon and the CLI.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeviceKey, PartyId};
+
+/// Name of the file in the state directory that holds the local API token.
+pub const API_TOKEN_FILE: &str = "api.token";
+/// Header carrying the local API token on mutating calls.
+pub const API_TOKEN_HEADER: &str = "x-lanrage-token";
+
+/// How packets reach a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    Direct,
+    Relay,
+    Connecting,
+    Unreachable,
+}
+
+impl PathKind {
+    /// The name scripts see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Relay => "relay",
+            PathKind::Connecting => "connecting",
+            PathKind::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// `GET /v1/status`. Field names are a contract: scripts depend on them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub virtual_ip: Option<Ipv4Addr>,
+    pub public_key: DeviceKey,
+    pub name: String,
+    /// True when this daemon runs its own control plane.
+    pub host_mode: bool,
+    pub control_url: String,
+    /// `connected`, `connecting` or the last error talking to the control plane.
+    pub control: String,
+    pub party: Option<PartyStatus>,
+    pub wireguard: WireguardStatus,
+}
+
+/// The party this daemon is in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartyStatus {
+    pub id: PartyId,
+    pub name: String,
+    /// The host's player name.
+    pub host: String,
+    pub host_public_key: DeviceKey,
+    pub is_host: bool,
+    pub locked: bool,
+    pub version: u64,
+    /// Every member but this daemon.
+    pub members: Vec<MemberStatus>,
+}
+
+/// Another member as this daemon sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub virtual_ip: Ipv4Addr,
+    pub public_key: DeviceKey,
+    pub path: PathKind,
+    /// Smoothed round-trip time through the tunnel; `None` until measured.
+    pub latency_ms: Option<f64>,
+    pub online: bool,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// The data plane's own view: what WireGuard actually has configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireguardStatus {
+    pub listen_port: u16,
+    pub interface: Option<String>,
+    pub peers: Vec<WireguardPeer>,
+    /// Decrypted packets dropped because their inner source was not the sender's virtual IP.
+    pub dropped_spoofed: u64,
+}
+
+/// One configured WireGuard peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireguardPeer {
+    pub public_key: DeviceKey,
+    pub virtual_ip: Ipv4Addr,
+    pub endpoint: Option<SocketAddr>,
+    pub last_handshake_s: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// `POST /v1/party/create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub max_members: Option<u32>,
+    #[serde(default)]
+    pub player_name: Option<String>,
+}
+
+/// `POST /v1/party/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub invite: String,
+    #[serde(default)]
+    pub player_name: Option<String>,
+}
+
+/// `POST /v1/party/kick`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KickRequest {
+    pub member: String,
+}
+
+/// `POST /v1/party/lock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub locked: bool,
+}
+
+/// Reply of create, join and invite.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteResponse {
+    pub invite: String,
+    pub party: Option<PartyStatus>,
+}
