@@ -1,1 +1,240 @@
-fn main() {}
+//! `lanrage`: the one binary. Parses arguments and dispatches to the daemon, the control
+//! plane, or the local API client; nothing else lives here.
+
+mod client;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lanrage",
+    version,
+    about = "LAN parties over the internet: one virtual LAN for your friends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (needs root or CAP_NET_ADMIN). Without --control it embeds its own
+    /// control plane ("host mode") and invite codes point at this machine.
+    Up(UpArgs),
+    /// Run a control-plane server.
+    Control(ControlArgs),
+    /// Create, join and manage a party.
+    Party {
+        #[command(subcommand)]
+        action: PartyCmd,
+        #[command(flatten)]
+        local: client::LocalArgs,
+    },
+    /// Show this daemon's party, peers, paths and latencies.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        local: client::LocalArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Control plane URL, e.g. http://203.0.113.10:8667. Absent: host mode.
+    #[arg(long, env = "LANRAGE_CONTROL")]
+    control: Option<String>,
+    /// State directory (keys, database). Default: /var/lib/lanrage as root.
+    #[arg(long, env = "LANRAGE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// UDP port for all tunnel traffic.
+    #[arg(long, env = "LANRAGE_PORT", default_value_t = lanrage_proto::DEFAULT_UDP_PORT)]
+    port: u16,
+    /// Local API address (loopback only).
+    #[arg(long, env = "LANRAGE_API", default_value = lanrage_proto::DEFAULT_LOCAL_API)]
+    api: SocketAddr,
+    /// MTU of the lanrage0 interface.
+    #[arg(long, env = "LANRAGE_MTU", default_value_t = 1420)]
+    mtu: u16,
+    /// Host mode: where the embedded control plane listens.
+    #[arg(long, env = "LANRAGE_CONTROL_LISTEN", default_value = "0.0.0.0:8667")]
+    control_listen: SocketAddr,
+    /// Host mode: the address invite codes carry (default: this machine's primary address).
+    #[arg(long, env = "LANRAGE_ADVERTISE")]
+    advertise: Option<IpAddr>,
+    /// Your player name (default: the host name).
+    #[arg(long, env = "LANRAGE_NAME")]
+    name: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LANRAGE_CONTROL_LISTEN", default_value = "0.0.0.0:8667")]
+    listen: SocketAddr,
+    /// Database URL, e.g. sqlite:///var/lib/lanrage/control.db (created if missing).
+    #[arg(
+        long,
+        env = "LANRAGE_DATABASE",
+        default_value = "sqlite:///var/lib/lanrage/control.db"
+    )]
+    database: String,
+    /// URL invite codes carry (default: the address each client used to reach this server).
+    #[arg(long, env = "LANRAGE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Network new parties get.
+    #[arg(long, env = "LANRAGE_NETWORK", default_value = lanrage_proto::DEFAULT_PARTY_NETWORK)]
+    network: lanrage_control::PartyNetwork,
+}
+
+#[derive(Subcommand)]
+enum PartyCmd {
+    /// Create a party and print its invite code.
+    Create {
+        /// The party's name.
+        name: String,
+        /// Most members allowed.
+        #[arg(long)]
+        max_members: Option<u32>,
+        /// Your player name in this party.
+        #[arg(long)]
+        player_name: Option<String>,
+    },
+    /// Join a party with an invite code.
+    Join {
+        code: String,
+        /// Your player name in this party.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Leave the party.
+    Leave,
+    /// Print the invite code again.
+    Invite,
+    /// Remove a member (host only); they cannot rejoin.
+    Kick { name: String },
+    /// Refuse new members (host only).
+    Lock,
+    /// Accept new members again (host only).
+    Unlock,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Up(args) => up(args).await,
+        Cmd::Control(args) => control(args).await,
+        Cmd::Party { action, local } => {
+            let c = client::LocalClient::new(&local);
+            match action {
+                PartyCmd::Create {
+                    name,
+                    max_members,
+                    player_name,
+                } => c.create(name, max_members, player_name).await,
+                PartyCmd::Join { code, name } => c.join(code, name).await,
+                PartyCmd::Leave => c.leave().await,
+                PartyCmd::Invite => c.invite().await,
+                PartyCmd::Kick { name } => c.kick(name).await,
+                PartyCmd::Lock => c.lock(true).await,
+                PartyCmd::Unlock => c.lock(false).await,
+            }
+        }
+        Cmd::Status { json, local } => client::LocalClient::new(&local).status(json).await,
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut config = lanrage_daemon::DaemonConfig::new(
+        args.state_dir
+            .unwrap_or_else(lanrage_daemon::default_state_dir),
+    );
+    config.control = args.control;
+    config.port = args.port;
+    config.api = args.api;
+    config.mtu = args.mtu;
+    config.control_listen = args.control_listen;
+    config.advertise = args.advertise;
+    config.player_name = args.name;
+    lanrage_daemon::run(config, shutdown_signal(), |ready| {
+        println!("LANrage is up.");
+        println!("  local API (web UI):  http://{}", ready.api);
+        println!("  tunnel UDP port:     {}", ready.udp_port);
+        if ready.host_mode {
+            println!(
+                "  host mode: control plane embedded, invites point at {}",
+                ready.control_url
+            );
+        } else {
+            println!("  control plane:       {}", ready.control_url);
+        }
+        println!("Create a party with: lanrage party create NAME");
+    })
+    .await
+}
+
+async fn control(args: ControlArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut config = lanrage_control::ControlConfig::new(args.database);
+    config.public_url = args.public_url;
+    config.network = args.network;
+    let control = lanrage_control::Control::open(config).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
+    tracing::info!(listen = %args.listen, "control plane up");
+    control.serve(listener, shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -131,5 +131,13 @@ pub struct LockRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InviteResponse {
     pub invite: String,
-    pub party: Option<PartyStatus>,
+    pub party_id: PartyId,
+    pub party_name: String,
+    pub virtual_ip: Option<Ipv4Addr>,
+}
+
+/// Body of every local API error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalError {
+    pub error: String,
 }

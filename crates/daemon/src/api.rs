@@ -1,0 +1,278 @@
+//! The local API on loopback: status for anyone on this machine, party actions for holders
+//! of the token in the state directory. `Host` and `Origin` are checked so a web page in the
+//! player's browser cannot reach it through DNS rebinding or cross-site requests.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lanrage_proto::local::{
+    API_TOKEN_HEADER, CreateRequest, JoinRequest, KickRequest, LocalError as ErrorBody,
+    LockRequest, MemberStatus, PartyStatus, PathKind, Status, WireguardPeer, WireguardStatus,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{RwLock, mpsc, oneshot};
+
+use crate::dataplane::DataPlane;
+use crate::supervisor::{Command, LocalError, Shared};
+
+/// The API's state.
+#[derive(Clone)]
+pub struct ApiState {
+    cmds: mpsc::Sender<Command>,
+    shared: Arc<RwLock<Shared>>,
+    dataplane: DataPlane,
+    token: Arc<str>,
+    port: u16,
+}
+
+impl ApiState {
+    pub fn new(
+        cmds: mpsc::Sender<Command>,
+        shared: Arc<RwLock<Shared>>,
+        dataplane: DataPlane,
+        token: String,
+        port: u16,
+    ) -> Self {
+        Self {
+            cmds,
+            shared,
+            dataplane,
+            token: token.into(),
+            port,
+        }
+    }
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/party/create", post(create))
+        .route("/v1/party/join", post(join))
+        .route("/v1/party/leave", post(leave))
+        .route("/v1/party/kick", post(kick))
+        .route("/v1/party/lock", post(lock))
+        .route("/v1/party/invite", get(invite))
+        .fallback(|| async { error(404, "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "local API stopped");
+    }
+}
+
+fn error(status: u16, message: impl Into<String>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Host/Origin checks for everything; the token for anything that changes state or reveals
+/// the invite secret.
+async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host_ok = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| allowed_host(h, st.port));
+    if !host_ok {
+        return error(
+            403,
+            "the local API only answers requests addressed to localhost",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|h| allowed_host(h, st.port));
+        if !ok {
+            return error(403, "cross-origin requests to the local API are refused");
+        }
+    }
+    let needs_token = req.method() != Method::GET || req.uri().path() == "/v1/party/invite";
+    if needs_token && !token_ok(headers, &st.token) {
+        return error(
+            401,
+            "this call needs the local API token (the CLI reads it from the state directory)",
+        );
+    }
+    next.run(req).await
+}
+
+fn allowed_host(host: &str, port: u16) -> bool {
+    ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .any(|name| host == format!("{name}:{port}"))
+}
+
+fn token_ok(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(API_TOKEN_HEADER).map(|v| v.as_bytes()) else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn status(State(st): State<ApiState>) -> Response {
+    let shared = st.shared.read().await.clone();
+    let dp = st.dataplane.stats().await;
+    let me = shared.key;
+    let virtual_ip = shared.party.as_ref().and_then(|p| {
+        p.members
+            .iter()
+            .find(|m| m.public_key == me)
+            .map(|m| m.virtual_ip)
+    });
+    let party = shared.party.as_ref().map(|p| {
+        let host = p.members.iter().find(|m| m.public_key == p.host);
+        PartyStatus {
+            id: p.id,
+            name: p.name.clone(),
+            host: host.map(|h| h.name.clone()).unwrap_or_default(),
+            host_public_key: p.host,
+            is_host: p.host == me,
+            locked: p.locked,
+            version: p.version,
+            members: p
+                .members
+                .iter()
+                .filter(|m| m.public_key != me)
+                .map(|m| {
+                    let stats = dp.peers.iter().find(|s| s.key == m.public_key);
+                    MemberStatus {
+                        name: m.name.clone(),
+                        virtual_ip: m.virtual_ip,
+                        public_key: m.public_key,
+                        path: stats.map_or(PathKind::Connecting, |s| s.path),
+                        latency_ms: stats
+                            .and_then(|s| s.srtt)
+                            .map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
+                        online: m.online,
+                        endpoint: stats.and_then(|s| s.endpoint),
+                    }
+                })
+                .collect(),
+        }
+    });
+    let body = Status {
+        virtual_ip,
+        public_key: me,
+        name: shared.name,
+        host_mode: shared.host_mode,
+        control_url: shared.control_url,
+        control: shared.control,
+        party,
+        wireguard: WireguardStatus {
+            listen_port: st.dataplane.port,
+            interface: dp.interface,
+            peers: dp
+                .peers
+                .iter()
+                .map(|p| WireguardPeer {
+                    public_key: p.key,
+                    virtual_ip: p.virtual_ip,
+                    endpoint: p.endpoint,
+                    last_handshake_s: p.last_handshake.map(|d: Duration| d.as_secs()),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                })
+                .collect(),
+            dropped_spoofed: dp.dropped_spoofed,
+        },
+    };
+    Json(body).into_response()
+}
+
+/// Sends a command to the supervisor and turns its answer into a response.
+async fn ask<T: serde::Serialize>(
+    st: &ApiState,
+    make: impl FnOnce(oneshot::Sender<Result<T, LocalError>>) -> Command,
+) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if st.cmds.send(make(tx)).await.is_err() {
+        return error(503, "the daemon is shutting down");
+    }
+    match rx.await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => error(e.status, e.message),
+        Err(_) => error(503, "the daemon is shutting down"),
+    }
+}
+
+fn bad_json(e: &JsonRejection) -> Response {
+    error(400, format!("invalid request body: {}", e.body_text()))
+}
+
+async fn create(
+    State(st): State<ApiState>,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => ask(&st, |tx| Command::Create(req, tx)).await,
+        Err(e) => bad_json(&e),
+    }
+}
+
+async fn join(
+    State(st): State<ApiState>,
+    body: Result<Json<JoinRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => ask(&st, |tx| Command::Join(req.invite, req.player_name, tx)).await,
+        Err(e) => bad_json(&e),
+    }
+}
+
+async fn leave(State(st): State<ApiState>) -> Response {
+    ask(&st, Command::Leave).await
+}
+
+async fn kick(
+    State(st): State<ApiState>,
+    body: Result<Json<KickRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => ask(&st, |tx| Command::Kick(req.member, tx)).await,
+        Err(e) => bad_json(&e),
+    }
+}
+
+async fn lock(
+    State(st): State<ApiState>,
+    body: Result<Json<LockRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => ask(&st, |tx| Command::Lock(req.locked, tx)).await,
+        Err(e) => bad_json(&e),
+    }
+}
+
+async fn invite(State(st): State<ApiState>) -> Response {
+    ask(&st, Command::Invite).await
+}

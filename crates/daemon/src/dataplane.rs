@@ -1,0 +1,293 @@
+//! The data plane: the TUN device, the one UDP socket and the mesh node, in one task.
+//!
+//! Every datagram on the socket is classified by its first byte (`lanrage_core::classify`);
+//! WireGuard goes to the node, STUN and TURN ChannelData are counted until ICE and the relay
+//! client claim them. The task owns the node, so no lock is ever held around it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use gotatun::x25519::StaticSecret;
+use lanrage_core::{Node, PacketClass, PeerStats, classify};
+use lanrage_proto::DeviceKey;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tun_rs::{AsyncDevice, DeviceBuilder};
+
+/// Name of the TUN interface.
+pub const TUN_NAME: &str = "lanrage0";
+/// Largest datagram read: a 1500-byte underlay plus slack for jumbo frames.
+const RECV_BUF: usize = 65_536;
+
+/// One peer the data plane should have.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub key: DeviceKey,
+    pub virtual_ip: Ipv4Addr,
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// What the data plane reports.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub peers: Vec<PeerStats>,
+    pub dropped_spoofed: u64,
+    pub interface: Option<String>,
+}
+
+enum Command {
+    /// Bring the TUN up with this address and make the peer set exactly `peers`.
+    SetParty {
+        virtual_ip: Ipv4Addr,
+        prefix: u8,
+        peers: Vec<PeerConfig>,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    /// Remove every peer and the TUN.
+    Clear {
+        reply: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<Snapshot>,
+    },
+}
+
+/// A handle to the data-plane task.
+#[derive(Clone)]
+pub struct DataPlane {
+    tx: mpsc::Sender<Command>,
+    pub port: u16,
+}
+
+impl DataPlane {
+    /// Binds the UDP socket and starts the task; it stops when every handle is dropped.
+    pub async fn start(
+        secret: StaticSecret,
+        port: u16,
+        mtu: u16,
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+            .await
+            .with_context(|| {
+                format!("binding UDP port {port} (is another LANrage daemon running?)")
+            })?;
+        let port = socket.local_addr()?.port();
+        let seed = u64::from_le_bytes(rand::random());
+        let mut node = Node::new(secret, seed, Instant::now());
+        node.set_mtu(mtu);
+        let (tx, rx) = mpsc::channel(16);
+        let task = Task {
+            node,
+            socket: Arc::new(socket),
+            tun: None,
+            mtu,
+            rx,
+            counted_other: 0,
+        };
+        let handle = tokio::spawn(task.run());
+        Ok((Self { tx, port }, handle))
+    }
+
+    pub async fn set_party(
+        &self,
+        virtual_ip: Ipv4Addr,
+        prefix: u8,
+        peers: Vec<PeerConfig>,
+    ) -> anyhow::Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SetParty {
+                virtual_ip,
+                prefix,
+                peers,
+                reply,
+            })
+            .await
+            .context("the data plane has stopped")?;
+        rx.await.context("the data plane has stopped")?
+    }
+
+    pub async fn clear(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Clear { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub async fn stats(&self) -> Snapshot {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Stats { reply }).await.is_err() {
+            return Snapshot::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct Tun {
+    dev: AsyncDevice,
+    ip: Ipv4Addr,
+    prefix: u8,
+}
+
+struct Task {
+    node: Node,
+    socket: Arc<UdpSocket>,
+    tun: Option<Tun>,
+    mtu: u16,
+    rx: mpsc::Receiver<Command>,
+    /// STUN / ChannelData / unknown datagrams: no consumer yet.
+    counted_other: u64,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut udp_buf = vec![0u8; RECV_BUF];
+        let mut tun_buf = vec![0u8; RECV_BUF];
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.command(cmd);
+                }
+                r = self.socket.recv_from(&mut udp_buf) => match r {
+                    Ok((n, from)) => self.datagram(&udp_buf[..n], from),
+                    // ICMP errors (port unreachable) surface here on Linux; not fatal.
+                    Err(e) => tracing::trace!(error = %e, "udp receive error"),
+                },
+                r = recv_tun(self.tun.as_ref(), &mut tun_buf) => match r {
+                    Ok(n) => self.node.handle_tun_packet(&tun_buf[..n], Instant::now()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TUN read failed; closing the interface");
+                        self.tun = None;
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
+            }
+            self.flush().await;
+        }
+        tracing::debug!("data plane stopped");
+    }
+
+    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        match classify(data) {
+            PacketClass::WireGuard => self.node.handle_datagram(from, data, Instant::now()),
+            PacketClass::Stun | PacketClass::ChannelData | PacketClass::Unknown => {
+                self.counted_other += 1;
+                tracing::trace!(len = data.len(), "datagram with no consumer dropped");
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&t.payload, t.dst).await {
+                tracing::trace!(error = %e, "udp send failed");
+            }
+        }
+        while let Some(p) = self.node.poll_tun() {
+            if let Some(tun) = &self.tun
+                && let Err(e) = tun.dev.send(&p).await
+            {
+                tracing::trace!(error = %e, "TUN write failed");
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::SetParty {
+                virtual_ip,
+                prefix,
+                peers,
+                reply,
+            } => {
+                let result = self.ensure_tun(virtual_ip, prefix);
+                if result.is_ok() {
+                    self.node.set_local_ip(Some(virtual_ip));
+                    let wanted: Vec<DeviceKey> = peers.iter().map(|p| p.key).collect();
+                    let stale: Vec<DeviceKey> = self
+                        .node
+                        .peer_keys()
+                        .filter(|k| !wanted.contains(k))
+                        .copied()
+                        .collect();
+                    for key in stale {
+                        self.node.remove_peer(&key);
+                    }
+                    for p in peers {
+                        self.node
+                            .upsert_peer(p.key, p.virtual_ip, p.candidates, now);
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Command::Clear { reply } => {
+                let keys: Vec<DeviceKey> = self.node.peer_keys().copied().collect();
+                for key in keys {
+                    self.node.remove_peer(&key);
+                }
+                self.node.set_local_ip(None);
+                self.tun = None; // closing the descriptor deletes the interface
+                let _ = reply.send(());
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(Snapshot {
+                    peers: self.node.peer_stats(now),
+                    dropped_spoofed: self.node.counters().dropped_spoofed,
+                    interface: self.tun.as_ref().map(|_| TUN_NAME.to_owned()),
+                });
+            }
+        }
+    }
+
+    fn ensure_tun(&mut self, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+        if self
+            .tun
+            .as_ref()
+            .is_some_and(|t| t.ip == ip && t.prefix == prefix)
+        {
+            return Ok(());
+        }
+        self.tun = None;
+        remove_stale_interface();
+        let dev = DeviceBuilder::new()
+            .name(TUN_NAME)
+            .ipv4(ip, prefix, None)
+            .mtu(self.mtu)
+            .build_async()
+            .with_context(|| {
+                format!("creating the TUN device {TUN_NAME} (needs root or CAP_NET_ADMIN)")
+            })?;
+        tracing::info!(%ip, prefix, "interface {TUN_NAME} up");
+        self.tun = Some(Tun { dev, ip, prefix });
+        Ok(())
+    }
+}
+
+async fn recv_tun(tun: Option<&Tun>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match tun {
+        Some(t) => t.dev.recv(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A `lanrage0` left behind (a persistent TUN from a crashed run, or a leftover of another
+/// tool) would make creating ours fail or attach to foreign state: delete it first.
+fn remove_stale_interface() {
+    if std::path::Path::new("/sys/class/net")
+        .join(TUN_NAME)
+        .exists()
+    {
+        tracing::info!("removing a stale {TUN_NAME} interface");
+        let status = std::process::Command::new("ip")
+            .args(["link", "delete", TUN_NAME])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            tracing::warn!("could not delete the stale {TUN_NAME}; creating it may fail");
+        }
+    }
+}

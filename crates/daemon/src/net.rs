@@ -1,0 +1,69 @@
+//! This machine's addresses: host candidates for peers, and the address invites carry.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::dataplane::TUN_NAME;
+
+/// Every up, non-loopback IPv4 address of this machine (not the TUN), with `port`, sorted.
+pub fn host_candidates(port: u16) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = interface_addrs()
+        .into_iter()
+        .map(|(_, ip)| SocketAddr::new(IpAddr::V4(ip), port))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The address of the interface holding the default route, else the first candidate.
+pub fn primary_addr() -> Option<Ipv4Addr> {
+    let default_if = default_route_interface();
+    let addrs = interface_addrs();
+    addrs
+        .iter()
+        .find(|(name, _)| Some(name) == default_if.as_ref())
+        .or_else(|| addrs.first())
+        .map(|(_, ip)| *ip)
+}
+
+fn interface_addrs() -> Vec<(String, Ipv4Addr)> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ifa in addrs {
+        if ifa.interface_name == TUN_NAME
+            || !ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+            || ifa
+                .flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        {
+            continue;
+        }
+        let Some(ip) = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|s| s.ip())
+        else {
+            continue;
+        };
+        if ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() {
+            continue;
+        }
+        out.push((ifa.interface_name.clone(), ip));
+    }
+    out.sort();
+    out
+}
+
+/// The interface of the IPv4 default route, from `/proc/net/route`.
+fn default_route_interface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let iface = cols.next()?;
+        let dest = cols.next()?;
+        (dest == "00000000").then(|| iface.to_owned())
+    })
+}

@@ -1,0 +1,228 @@
+//! The state directory: the device key and local API token (files, mode 0600) and the
+//! daemon's SQLite database (membership and settings).
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use gotatun::x25519::StaticSecret;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+const KEY_FILE: &str = "private.key";
+const DB_FILE: &str = "daemon.db";
+
+/// The party this daemon belongs to, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    pub invite: String,
+    pub player_name: String,
+    /// The last party view seen, so the data plane can come back before the control plane
+    /// answers.
+    #[serde(default)]
+    pub last_view: Option<lanrage_proto::api::PartyView>,
+}
+
+/// The state directory and its database.
+#[derive(Clone)]
+pub struct State {
+    dir: PathBuf,
+    pool: SqlitePool,
+}
+
+impl State {
+    /// Opens (creating) the directory, mode 0700, and the database.
+    pub async fn open(dir: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(dir.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a membership change survives `kill -9` and power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", dir.join(DB_FILE).display()))?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            pool,
+        })
+    }
+
+    /// The device key, created on first start.
+    pub fn device_key(&self) -> anyhow::Result<StaticSecret> {
+        let bytes = read_or_create_secret(&self.dir.join(KEY_FILE), || {
+            let mut k = [0u8; 32];
+            rand::rng().fill_bytes(&mut k);
+            STANDARD.encode(k)
+        })?;
+        let raw = STANDARD
+            .decode(bytes.trim())
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .with_context(|| {
+                format!(
+                    "{} is not a base64 X25519 key",
+                    self.dir.join(KEY_FILE).display()
+                )
+            })?;
+        Ok(StaticSecret::from(raw))
+    }
+
+    /// The local API token, created on first start.
+    pub fn api_token(&self) -> anyhow::Result<String> {
+        let token =
+            read_or_create_secret(&self.dir.join(lanrage_proto::local::API_TOKEN_FILE), || {
+                let mut k = [0u8; 24];
+                rand::rng().fill_bytes(&mut k);
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k)
+            })?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// The saved membership, if any.
+    pub async fn membership(&self) -> anyhow::Result<Option<Membership>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = 'membership'")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let value: String = row.try_get(0)?;
+        Ok(serde_json::from_str(&value).ok())
+    }
+
+    /// Saves or clears the membership.
+    pub async fn set_membership(&self, m: Option<&Membership>) -> anyhow::Result<()> {
+        match m {
+            Some(m) => {
+                sqlx::query(
+                    "INSERT INTO settings (key, value) VALUES ('membership', $1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(serde_json::to_string(m)?)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM settings WHERE key = 'membership'")
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of the embedded control plane's database (host mode).
+    pub fn control_db_url(&self) -> String {
+        format!("sqlite://{}", self.dir.join("control.db").display())
+    }
+}
+
+/// Reads a secret file, or creates it with mode 0600; an existing file with looser
+/// permissions is tightened.
+fn read_or_create_secret(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    match fs::read_to_string(path) {
+        Ok(s) => {
+            let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+            }
+            if s.trim().is_empty() {
+                bail!("{} is empty; delete it to create a new one", path.display());
+            }
+            Ok(s)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = make();
+            let tmp = path.with_extension("tmp");
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(value.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            Ok(value)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn key_and_token_are_private_and_stable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(dir.path()).await.expect("open");
+        let k1 = state.device_key().expect("key").to_bytes();
+        let k2 = state.device_key().expect("key").to_bytes();
+        assert_eq!(k1, k2);
+        let mode = fs::metadata(dir.path().join(KEY_FILE))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let t = state.api_token().expect("token");
+        assert_eq!(t, state.api_token().expect("token"));
+        let mode = fs::metadata(dir.path().join("api.token"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn membership_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = Membership {
+            invite: "lr1-abc".into(),
+            player_name: "alice".into(),
+            last_view: None,
+        };
+        {
+            let state = State::open(dir.path()).await.expect("open");
+            assert_eq!(state.membership().await.expect("read"), None);
+            state.set_membership(Some(&m)).await.expect("write");
+        }
+        let state = State::open(dir.path()).await.expect("reopen");
+        assert_eq!(state.membership().await.expect("read"), Some(m));
+        state.set_membership(None).await.expect("clear");
+        assert_eq!(state.membership().await.expect("read"), None);
+    }
+
+    #[test]
+    fn garbage_key_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(KEY_FILE), "not a key").expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let state = rt.block_on(State::open(dir.path())).expect("open");
+        let err = state.device_key().expect_err("garbage");
+        assert!(format!("{err:#}").contains("not a base64 X25519 key"));
+    }
+}

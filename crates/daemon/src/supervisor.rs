@@ -1,0 +1,721 @@
+//! The supervisor: starts everything, owns the party session, and is the one writer of
+//! membership state. Local API commands and control-plane pushes arrive as messages.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use gotatun::x25519::{PublicKey, StaticSecret};
+use lanrage_control::{Control, ControlConfig};
+use lanrage_proto::api::{CreatePartyRequest, JoinPartyRequest, PartyView, ServerMessage};
+use lanrage_proto::local::{CreateRequest, InviteResponse};
+use lanrage_proto::{DeviceKey, InviteCode};
+use tokio::net::TcpListener;
+use tokio::sync::{RwLock, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::config::DaemonConfig;
+use crate::control_client::{ClientError, ControlClient};
+use crate::dataplane::{DataPlane, PeerConfig};
+use crate::net;
+use crate::state::{Membership, State};
+
+/// Heartbeat period; the control plane marks a member away after 90 s of silence.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// WebSocket reconnect back-off bounds.
+const WS_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const WS_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the local API shows; written only by the supervisor.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub key: DeviceKey,
+    pub name: String,
+    pub host_mode: bool,
+    pub control_url: String,
+    pub control: String,
+    pub party: Option<PartyView>,
+}
+
+/// An error for the local API: an HTTP status and one sentence.
+#[derive(Debug, Clone)]
+pub struct LocalError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl LocalError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn not_in_party() -> Self {
+        Self::new(
+            409,
+            "not in a party; create one or join with an invite code",
+        )
+    }
+}
+
+impl From<ClientError> for LocalError {
+    fn from(e: ClientError) -> Self {
+        let status = match &e {
+            ClientError::Api { status, .. } if *status < 500 => *status,
+            _ => 502,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// Commands from the local API.
+pub enum Command {
+    Create(
+        CreateRequest,
+        oneshot::Sender<Result<InviteResponse, LocalError>>,
+    ),
+    Join(
+        String,
+        Option<String>,
+        oneshot::Sender<Result<InviteResponse, LocalError>>,
+    ),
+    Leave(oneshot::Sender<Result<(), LocalError>>),
+    Kick(String, oneshot::Sender<Result<(), LocalError>>),
+    Lock(bool, oneshot::Sender<Result<(), LocalError>>),
+    Invite(oneshot::Sender<Result<InviteResponse, LocalError>>),
+}
+
+/// What a started daemon tells its caller.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub api: SocketAddr,
+    pub udp_port: u16,
+    pub control_url: String,
+    pub host_mode: bool,
+}
+
+/// Runs the daemon until `shutdown` completes; then removes the interface and stops.
+/// `on_ready` is called once everything listens.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
+    if !config.api.ip().is_loopback() {
+        anyhow::bail!(
+            "the local API must listen on a loopback address, not {}",
+            config.api
+        );
+    }
+    let state = State::open(&config.state_dir).await?;
+    let secret = state.device_key()?;
+    let api_token = state.api_token()?;
+    let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
+    let name = config
+        .player_name
+        .clone()
+        .unwrap_or_else(default_player_name);
+
+    let (control_url, embedded) = match &config.control {
+        Some(url) => (url.trim_end_matches('/').to_owned(), None),
+        None => {
+            let (url, stop, task) = start_embedded_control(&config, &state).await?;
+            (url, Some((stop, task)))
+        }
+    };
+    let (dataplane, dp_task) = DataPlane::start(secret.clone(), config.port, config.mtu).await?;
+    let shared = Arc::new(RwLock::new(Shared {
+        key,
+        name: name.clone(),
+        host_mode: embedded.is_some(),
+        control_url: control_url.clone(),
+        control: "idle".into(),
+        party: None,
+    }));
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let api_listener = TcpListener::bind(config.api)
+        .await
+        .with_context(|| format!("binding the local API on {}", config.api))?;
+    let api_addr = api_listener.local_addr()?;
+    let (api_stop, api_stop_rx) = oneshot::channel::<()>();
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        ApiState::new(
+            cmd_tx,
+            Arc::clone(&shared),
+            dataplane.clone(),
+            api_token,
+            api_addr.port(),
+        ),
+        async {
+            let _ = api_stop_rx.await;
+        },
+    ));
+    tracing::info!(
+        api = %format!("http://{api_addr}"),
+        udp_port = dataplane.port,
+        control = %control_url,
+        host_mode = embedded.is_some(),
+        "LANrage is up"
+    );
+
+    on_ready(&Ready {
+        api: api_addr,
+        udp_port: dataplane.port,
+        control_url: control_url.clone(),
+        host_mode: embedded.is_some(),
+    });
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let mut sup = Supervisor {
+        state,
+        secret,
+        key,
+        name,
+        control_url,
+        dataplane: dataplane.clone(),
+        shared,
+        session: None,
+        generation: 0,
+        events_tx,
+    };
+    sup.resume().await;
+    sup.run(cmd_rx, events_rx, shutdown).await;
+
+    // Shutdown: the interface goes first, so the OS routes nothing into a dead tunnel.
+    sup.session = None;
+    dataplane.clear().await;
+    drop(sup);
+    drop(dataplane);
+    let _ = api_stop.send(());
+    let _ = api_task.await;
+    if let Some((stop, task)) = embedded {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    dp_task.abort();
+    tracing::info!("LANrage stopped");
+    Ok(())
+}
+
+async fn start_embedded_control(
+    config: &DaemonConfig,
+    state: &State,
+) -> anyhow::Result<(String, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)> {
+    let advertise = config
+        .advertise
+        .or_else(|| net::primary_addr().map(Into::into))
+        .unwrap_or(Ipv4Addr::LOCALHOST.into());
+    let url = format!(
+        "http://{}",
+        SocketAddr::new(advertise, config.control_listen.port())
+    );
+    let mut cc = ControlConfig::new(state.control_db_url());
+    cc.public_url = Some(url.clone());
+    let control = Control::open(cc).await?;
+    let listener = TcpListener::bind(config.control_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the embedded control plane on {}",
+                config.control_listen
+            )
+        })?;
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(control.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(listen = %config.control_listen, invites = %url, "host mode: control plane embedded");
+    Ok((url, stop, task))
+}
+
+fn default_player_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .map(|h| h.chars().take(32).collect())
+        .unwrap_or_else(|| "player".to_owned())
+}
+
+/// Events from a session's WebSocket task, tagged with the session's generation so events
+/// of an ended session are ignored.
+enum SessionEvent {
+    Connected(u64),
+    Disconnected(u64, String),
+    Message(u64, ServerMessage),
+}
+
+struct Session {
+    generation: u64,
+    client: ControlClient,
+    invite: InviteCode,
+    player_name: String,
+    view: Option<PartyView>,
+    /// The join has not been confirmed by the control plane yet (it was down at resume).
+    needs_join: bool,
+    ws: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ws.abort();
+    }
+}
+
+struct Supervisor {
+    state: State,
+    secret: StaticSecret,
+    key: DeviceKey,
+    name: String,
+    control_url: String,
+    dataplane: DataPlane,
+    shared: Arc<RwLock<Shared>>,
+    session: Option<Session>,
+    generation: u64,
+    events_tx: mpsc::Sender<SessionEvent>,
+}
+
+impl Supervisor {
+    async fn run(
+        &mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<SessionEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(cmd) = cmds.recv() => self.command(cmd).await,
+                Some(ev) = events.recv() => self.event(ev).await,
+                _ = heartbeat.tick() => self.heartbeat().await,
+            }
+        }
+    }
+
+    /// Restores the saved membership: the data plane comes up from the last known view at
+    /// once (so peers reconnect even if the control plane is down), then the join is
+    /// confirmed with the control plane.
+    async fn resume(&mut self) {
+        let saved = match self.state.membership().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not read the saved membership");
+                return;
+            }
+        };
+        let Ok(invite) = saved.invite.parse::<InviteCode>() else {
+            tracing::warn!("saved invite is unreadable; forgetting the membership");
+            let _ = self.state.set_membership(None).await;
+            return;
+        };
+        tracing::info!(party = %invite.party, "rejoining the saved party");
+        self.start_session(invite, saved.player_name, saved.last_view, true)
+            .await;
+        self.confirm_join().await;
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Create(req, reply) => {
+                let r = self.create(req).await;
+                let _ = reply.send(r);
+            }
+            Command::Join(invite, name, reply) => {
+                let r = self.join(&invite, name).await;
+                let _ = reply.send(r);
+            }
+            Command::Leave(reply) => {
+                let r = self.leave().await;
+                let _ = reply.send(r);
+            }
+            Command::Kick(who, reply) => {
+                let r = self.kick(&who).await;
+                let _ = reply.send(r);
+            }
+            Command::Lock(locked, reply) => {
+                let r = self.lock(locked).await;
+                let _ = reply.send(r);
+            }
+            Command::Invite(reply) => {
+                let r = self
+                    .session
+                    .as_ref()
+                    .map(|s| invite_response(s, &self.key))
+                    .ok_or_else(LocalError::not_in_party);
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn create(&mut self, req: CreateRequest) -> Result<InviteResponse, LocalError> {
+        if self.session.is_some() {
+            self.leave().await?;
+        }
+        let player_name = req.player_name.unwrap_or_else(|| self.name.clone());
+        let client = ControlClient::new(&self.control_url, self.secret.clone());
+        let resp = client
+            .create(&CreatePartyRequest {
+                name: req.name,
+                max_members: req.max_members,
+                player_name: player_name.clone(),
+            })
+            .await?;
+        let invite: InviteCode = resp.invite.parse().map_err(|e| {
+            LocalError::new(502, format!("the control plane sent a bad invite: {e}"))
+        })?;
+        self.start_session(invite, player_name, Some(resp.party), false)
+            .await;
+        self.publish_candidates().await;
+        self.session
+            .as_ref()
+            .map(|s| invite_response(s, &self.key))
+            .ok_or_else(|| {
+                LocalError::new(500, "the party could not be set up; see the daemon log")
+            })
+    }
+
+    async fn join(
+        &mut self,
+        code: &str,
+        name: Option<String>,
+    ) -> Result<InviteResponse, LocalError> {
+        let invite: InviteCode = code
+            .parse()
+            .map_err(|e: lanrage_proto::InviteError| LocalError::new(400, e.to_string()))?;
+        if let Some(s) = &self.session {
+            if s.invite.party == invite.party && !s.needs_join {
+                return Ok(invite_response(s, &self.key));
+            }
+            self.leave().await?;
+        }
+        let player_name = name.unwrap_or_else(|| self.name.clone());
+        let client = ControlClient::new(&invite.control_url, self.secret.clone());
+        let resp = client
+            .join(
+                invite.party,
+                &JoinPartyRequest {
+                    secret: Some(invite.secret),
+                    player_name: player_name.clone(),
+                },
+            )
+            .await?;
+        self.start_session(invite, player_name, Some(resp.party), false)
+            .await;
+        self.publish_candidates().await;
+        self.session
+            .as_ref()
+            .map(|s| invite_response(s, &self.key))
+            .ok_or_else(|| {
+                LocalError::new(500, "the party could not be set up; see the daemon log")
+            })
+    }
+
+    async fn leave(&mut self) -> Result<(), LocalError> {
+        let Some(s) = &self.session else {
+            return Err(LocalError::not_in_party());
+        };
+        match s.client.leave(s.invite.party).await {
+            Ok(()) => {}
+            Err(ClientError::Api { code, .. })
+                if code == "not_member" || code == "party_not_found" => {}
+            // Leaving always works locally; the control plane drops a silent member by itself.
+            Err(e) => tracing::warn!(error = %e, "leaving while the control plane is unreachable"),
+        }
+        self.end_session("left the party").await;
+        Ok(())
+    }
+
+    async fn kick(&mut self, who: &str) -> Result<(), LocalError> {
+        let s = self.session.as_ref().ok_or_else(LocalError::not_in_party)?;
+        let view = s.client.kick(s.invite.party, who).await?;
+        self.apply_view(view).await;
+        Ok(())
+    }
+
+    async fn lock(&mut self, locked: bool) -> Result<(), LocalError> {
+        let s = self.session.as_ref().ok_or_else(LocalError::not_in_party)?;
+        let view = s.client.lock(s.invite.party, locked).await?;
+        self.apply_view(view).await;
+        Ok(())
+    }
+
+    async fn start_session(
+        &mut self,
+        invite: InviteCode,
+        player_name: String,
+        view: Option<PartyView>,
+        needs_join: bool,
+    ) {
+        self.generation += 1;
+        let client = ControlClient::new(&invite.control_url, self.secret.clone());
+        let ws = tokio::spawn(ws_loop(
+            client.clone(),
+            self.generation,
+            self.events_tx.clone(),
+        ));
+        self.session = Some(Session {
+            generation: self.generation,
+            client,
+            invite,
+            player_name,
+            view: None,
+            needs_join,
+            ws,
+        });
+        if let Some(v) = view {
+            self.apply_view(v).await;
+        } else {
+            self.save_membership().await;
+        }
+    }
+
+    /// Confirms (or re-establishes) membership with the control plane after a restart or
+    /// after the control plane forgot us.
+    async fn confirm_join(&mut self) {
+        let Some(s) = &self.session else { return };
+        let req = JoinPartyRequest {
+            secret: Some(s.invite.secret),
+            player_name: s.player_name.clone(),
+        };
+        match s.client.join(s.invite.party, &req).await {
+            Ok(resp) => {
+                if let Some(s) = &mut self.session {
+                    s.needs_join = false;
+                }
+                self.apply_view(resp.party).await;
+                self.publish_candidates().await;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::info!(error = %e, "control plane unreachable; will retry the join");
+                self.set_control(format!("unreachable: {e}")).await;
+                if let Some(s) = &mut self.session {
+                    s.needs_join = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved party refused this device; leaving it");
+                self.end_session(&e.to_string()).await;
+            }
+        }
+    }
+
+    async fn event(&mut self, ev: SessionEvent) {
+        let current = self.session.as_ref().map(|s| s.generation);
+        match ev {
+            SessionEvent::Connected(g) if Some(g) == current => {
+                self.set_control("connected".into()).await;
+                if self.session.as_ref().is_some_and(|s| s.needs_join) {
+                    self.confirm_join().await;
+                }
+            }
+            SessionEvent::Disconnected(g, why) if Some(g) == current => {
+                self.set_control(format!("unreachable: {why}")).await;
+            }
+            SessionEvent::Message(g, msg) if Some(g) == current => match msg {
+                ServerMessage::Party { party } => {
+                    if self
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.invite.party == party.id)
+                    {
+                        self.apply_view(party).await;
+                    }
+                }
+                ServerMessage::Removed { party, reason } => {
+                    if self
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.invite.party == party)
+                    {
+                        tracing::info!(%reason, "removed from the party");
+                        self.end_session(&reason).await;
+                    }
+                }
+                ServerMessage::Signal { .. } => tracing::trace!("signal ignored: no ICE agent yet"),
+                ServerMessage::Error { error } => tracing::debug!(%error, "control plane error"),
+            },
+            _ => {} // from an ended session
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        let Some(s) = &self.session else { return };
+        if s.needs_join {
+            self.confirm_join().await;
+            return;
+        }
+        match s.client.heartbeat(s.invite.party).await {
+            Ok(view) => {
+                self.apply_view(view).await;
+                self.publish_candidates().await;
+            }
+            Err(ClientError::Api { code, .. })
+                if code == "not_member" || code == "party_not_found" =>
+            {
+                // Removed while away (or the control plane lost its data): join again; the
+                // control plane gives the same address back.
+                self.confirm_join().await;
+            }
+            Err(e) => self.set_control(format!("unreachable: {e}")).await,
+        }
+    }
+
+    /// Makes the data plane match a party view.
+    async fn apply_view(&mut self, view: PartyView) {
+        let Some(s) = &mut self.session else { return };
+        if s.view
+            .as_ref()
+            .is_some_and(|v| v.id == view.id && v.version > view.version)
+        {
+            return; // an older view arriving late
+        }
+        let Some(me) = view.members.iter().find(|m| m.public_key == self.key) else {
+            tracing::info!("this device is no longer a member of the party");
+            self.end_session("no longer a member").await;
+            return;
+        };
+        let prefix = view
+            .network
+            .split_once('/')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(16);
+        let peers = view
+            .members
+            .iter()
+            .filter(|m| m.public_key != self.key)
+            .map(|m| PeerConfig {
+                key: m.public_key,
+                virtual_ip: m.virtual_ip,
+                candidates: m.candidates.clone(),
+            })
+            .collect();
+        if let Err(e) = self.dataplane.set_party(me.virtual_ip, prefix, peers).await {
+            tracing::error!(error = %format!("{e:#}"), "could not configure the data plane");
+        }
+        let changed = s.view.as_ref().is_none_or(|v| v != &view);
+        s.view = Some(view.clone());
+        self.shared.write().await.party = Some(view);
+        if changed {
+            self.save_membership().await;
+        }
+    }
+
+    async fn publish_candidates(&mut self) {
+        let Some(s) = &self.session else { return };
+        let Some(view) = &s.view else { return };
+        let mine = net::host_candidates(self.dataplane.port);
+        let published = view
+            .members
+            .iter()
+            .find(|m| m.public_key == self.key)
+            .map(|m| m.candidates.clone());
+        if published.as_ref() == Some(&mine) {
+            return;
+        }
+        match s.client.set_candidates(s.invite.party, mine).await {
+            Ok(view) => self.apply_view(view).await,
+            Err(e) => tracing::debug!(error = %e, "publishing candidates failed; retrying later"),
+        }
+    }
+
+    async fn end_session(&mut self, reason: &str) {
+        tracing::info!(%reason, "party session ended");
+        self.session = None;
+        self.dataplane.clear().await;
+        if let Err(e) = self.state.set_membership(None).await {
+            tracing::error!(error = %format!("{e:#}"), "could not clear the saved membership");
+        }
+        let mut shared = self.shared.write().await;
+        shared.party = None;
+        shared.control = "idle".into();
+    }
+
+    async fn save_membership(&self) {
+        let Some(s) = &self.session else { return };
+        let m = Membership {
+            invite: s.invite.to_string(),
+            player_name: s.player_name.clone(),
+            last_view: s.view.clone(),
+        };
+        if let Err(e) = self.state.set_membership(Some(&m)).await {
+            tracing::error!(error = %format!("{e:#}"), "could not save the membership");
+        }
+    }
+
+    async fn set_control(&self, status: String) {
+        self.shared.write().await.control = status;
+    }
+}
+
+fn invite_response(s: &Session, me: &DeviceKey) -> InviteResponse {
+    let view = s.view.as_ref();
+    InviteResponse {
+        invite: s.invite.to_string(),
+        party_id: s.invite.party,
+        party_name: view.map(|v| v.name.clone()).unwrap_or_default(),
+        virtual_ip: view
+            .and_then(|v| v.members.iter().find(|m| m.public_key == *me))
+            .map(|m| m.virtual_ip),
+    }
+}
+
+/// Keeps a WebSocket to the session's control plane open, forwarding every push.
+async fn ws_loop(client: ControlClient, generation: u64, tx: mpsc::Sender<SessionEvent>) {
+    let mut backoff = WS_BACKOFF_MIN;
+    loop {
+        let error = match client.ws_request().await {
+            Err(e) => e.to_string(),
+            Ok(req) => match tokio_tungstenite::connect_async(req).await {
+                Err(e) => format!("WebSocket to {}: {e}", client.base_url()),
+                Ok((mut stream, _)) => {
+                    backoff = WS_BACKOFF_MIN;
+                    if tx.send(SessionEvent::Connected(generation)).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        match stream.next().await {
+                            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                                match serde_json::from_str::<ServerMessage>(&text) {
+                                    Ok(msg) => {
+                                        if tx
+                                            .send(SessionEvent::Message(generation, msg))
+                                            .await
+                                            .is_err()
+                                        {
+                                            return;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "unreadable push ignored")
+                                    }
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => break format!("WebSocket closed: {e}"),
+                            None => break "WebSocket closed".to_owned(),
+                        }
+                    }
+                }
+            },
+        };
+        if tx
+            .send(SessionEvent::Disconnected(generation, error))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WS_BACKOFF_MAX);
+    }
+}
