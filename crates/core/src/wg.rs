@@ -50,8 +50,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const ALIVE_WINDOW: Duration = Duration::from_secs(5);
 /// A peer never heard from for this long after being added is unreachable, not connecting.
 const CONNECT_GRACE: Duration = Duration::from_secs(15);
-/// Weight of a new RTT sample in the smoothed RTT (RFC 6298 §2: alpha = 1/8).
-const SRTT_ALPHA: f64 = 0.125;
+/// RTT samples kept per peer; the reported latency is their median, so one probe that
+/// waited for a handshake or a scheduler hiccup does not skew it.
+const RTT_SAMPLES: usize = 8;
 
 /// A datagram to send on the UDP socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,7 @@ pub struct PeerStats {
     pub virtual_ip: Ipv4Addr,
     pub endpoint: Option<SocketAddr>,
     pub path: PathKind,
+    /// Median of the recent probe round trips.
     pub srtt: Option<Duration>,
     pub last_handshake: Option<Duration>,
     pub rx_bytes: u64,
@@ -114,7 +116,7 @@ struct Peer {
     last_rx: Option<Instant>,
     next_probe: Instant,
     probe_seq: u32,
-    srtt: Option<Duration>,
+    rtts: VecDeque<Duration>,
     rx_bytes: u64,
     tx_bytes: u64,
 }
@@ -174,7 +176,15 @@ impl Node {
                 self.by_ip.remove(&peer.virtual_ip);
                 peer.virtual_ip = virtual_ip;
             }
+            let new_addresses = peer.candidates != candidates;
             peer.candidates = candidates;
+            if new_addresses && peer.endpoint.is_none() {
+                // Earlier initiations went nowhere; try the new addresses now rather than
+                // after the 5 s retransmit timer (whitepaper §6.4 REKEY_TIMEOUT).
+                if let Some(init) = peer.tunn.format_handshake_initiation(true) {
+                    self.queue_wg(key, init.into());
+                }
+            }
         } else {
             let tunn = Tunn::new_with_rng(
                 self.secret.clone(),
@@ -196,7 +206,7 @@ impl Node {
                     last_rx: None,
                     next_probe: now,
                     probe_seq: 0,
-                    srtt: None,
+                    rtts: VecDeque::with_capacity(RTT_SAMPLES),
                     rx_bytes: 0,
                     tx_bytes: 0,
                 },
@@ -355,7 +365,7 @@ impl Node {
                 virtual_ip: p.virtual_ip,
                 endpoint: p.endpoint,
                 path: path_of(p, now),
-                srtt: p.srtt,
+                srtt: median(&p.rtts),
                 last_handshake: p.tunn.time_since_last_handshake(),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
@@ -456,11 +466,10 @@ impl Node {
             }
             ProbeKind::Pong => {
                 let rtt_ns = now_ns.saturating_sub(probe.sent_ns);
-                let sample = Duration::from_nanos(rtt_ns);
-                peer.srtt = Some(match peer.srtt {
-                    None => sample,
-                    Some(s) => s.mul_f64(1.0 - SRTT_ALPHA) + sample.mul_f64(SRTT_ALPHA),
-                });
+                if peer.rtts.len() == RTT_SAMPLES {
+                    peer.rtts.pop_front();
+                }
+                peer.rtts.push_back(Duration::from_nanos(rtt_ns));
             }
         }
     }
@@ -512,6 +521,12 @@ impl Node {
             payload: AsRef::<[u8]>::as_ref(&bytes).to_vec(),
         });
     }
+}
+
+fn median(samples: &VecDeque<Duration>) -> Option<Duration> {
+    let mut sorted: Vec<Duration> = samples.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 fn path_of(p: &Peer, now: Instant) -> PathKind {

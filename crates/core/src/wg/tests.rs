@@ -272,6 +272,27 @@ fn garbage_datagrams_are_counted_not_fatal() {
 }
 
 #[test]
+fn new_candidate_addresses_are_tried_at_once() {
+    let mut pair = Pair::new(Duration::from_millis(1));
+    let kb = pair.b.public_key();
+    let now = pair.now;
+    // A knows B but not yet where it is: its first initiation goes nowhere.
+    pair.a.upsert_peer(kb, B_IP, vec![], now);
+    pair.a_sends(b"waiting");
+    pair.drive(Duration::from_millis(500));
+    assert!(!pair.a.has_session(&kb));
+    let b_addr = pair.b_addr;
+    let now = pair.now;
+    pair.a.upsert_peer(kb, B_IP, vec![b_addr], now);
+    pair.drive(Duration::from_millis(100));
+    assert!(
+        pair.a.has_session(&kb),
+        "connected well before the 5 s retransmit"
+    );
+    assert_eq!(pair.b_tun.len(), 1, "the queued packet followed");
+}
+
+#[test]
 fn unanswered_peer_becomes_unreachable() {
     let mut pair = Pair::new(Duration::from_millis(1)).with_probes();
     pair.b_addr = "192.0.2.99:1".parse().expect("addr"); // B's datagrams go nowhere
