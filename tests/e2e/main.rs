@@ -1,1 +1,324 @@
-fn main() {}
+//! End-to-end scenarios on the real release binary, in network namespaces the tests create
+//! and always delete. Run as root; see the README.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use harness::{BIN, Lab, wait_for};
+use lanrage_proto::{InviteCode, PartySecret};
+use serde_json::Value;
+
+fn member<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["party"]["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+}
+
+fn vip(status: &Value) -> String {
+    status["virtual_ip"]
+        .as_str()
+        .expect("virtual_ip")
+        .to_owned()
+}
+
+fn wg_peer_keys(status: &Value) -> BTreeSet<String> {
+    status["wireguard"]["peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["public_key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Three players, one party: addresses, full mesh of pings, a TCP transfer, and status.
+#[test]
+fn three_players_share_one_virtual_lan() {
+    let mut lab = Lab::new("mesh", 3);
+    lab.start_control();
+    for i in 1..=3 {
+        lab.start_daemon(i, &[]);
+    }
+    lab.party(1, &[2, 3]);
+    let names = ["p1", "p2", "p3"];
+    let mut ips = Vec::new();
+    for i in 1..=3 {
+        let others: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| *n != names[i - 1])
+            .collect();
+        let s = lab.wait_direct(i, &others, Duration::from_secs(15));
+        // The contract scripts depend on.
+        assert_eq!(s["party"]["name"], "e2e party");
+        assert_eq!(s["party"]["host"], "p1");
+        assert!(s["party"]["id"].as_str().is_some_and(|id| id.len() == 16));
+        for m in s["party"]["members"].as_array().expect("members") {
+            for field in [
+                "name",
+                "virtual_ip",
+                "public_key",
+                "path",
+                "latency_ms",
+                "online",
+            ] {
+                assert!(m.get(field).is_some(), "member lacks {field}: {m}");
+            }
+            assert_eq!(m["online"], true);
+        }
+        ips.push(vip(&s));
+    }
+    assert_eq!(ips, ["10.66.0.1", "10.66.0.2", "10.66.0.3"]);
+    for i in 1..=3 {
+        for (j, ip) in ips.iter().enumerate() {
+            if j + 1 != i {
+                let loss = lab.ping_loss(i, ip, 20);
+                assert_eq!(loss, 0.0, "p{i} -> {ip}: {loss}% loss");
+            }
+        }
+    }
+    lab.spawn_in(1, "iperf3", &["-s", "-1", "-B", "10.66.0.1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = harness::must(Lab::in_ns(&lab.player_ns(2), "iperf3").args([
+        "-c",
+        "10.66.0.1",
+        "-t",
+        "3",
+        "-J",
+    ]));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 result");
+    assert!(bps > 1e6, "TCP through the tunnel moved only {bps} bit/s");
+    eprintln!("iperf3 p2 -> p1 through LANrage: {:.0} Mbit/s", bps / 1e6);
+}
+
+/// Leaving removes the peer everywhere within 3 s; rejoining gives the same address.
+#[test]
+fn leave_is_seen_at_once_and_rejoin_keeps_the_address() {
+    let mut lab = Lab::new("leave", 3);
+    lab.start_control();
+    for i in 1..=3 {
+        lab.start_daemon(i, &[]);
+    }
+    let invite = lab.party(1, &[2, 3]);
+    lab.wait_direct(1, &["p2", "p3"], Duration::from_secs(15));
+    lab.wait_direct(2, &["p1", "p3"], Duration::from_secs(15));
+    let p3 = lab.status(3);
+    let p3_ip = vip(&p3);
+    let p3_key = p3["public_key"].as_str().expect("key").to_owned();
+
+    let left_at = Instant::now();
+    lab.cli_ok(3, &["party", "leave"]);
+    for i in [1, 2] {
+        let gone = wait_for(Duration::from_secs(3), || {
+            let s = lab.try_status(i)?;
+            (member(&s, "p3").is_none() && !wg_peer_keys(&s).contains(&p3_key)).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "p{i} still lists p3 3 s after it left: {:#}",
+            lab.status(i)
+        );
+    }
+    eprintln!("leave seen by both peers after {:?}", left_at.elapsed());
+    let s3 = lab.status(3);
+    assert!(s3["party"].is_null() && s3["virtual_ip"].is_null());
+    let link = harness::run(Lab::in_ns(&lab.player_ns(3), "ip").args(["link", "show", "lanrage0"]));
+    assert!(
+        !link.status.success(),
+        "lanrage0 still exists after leaving"
+    );
+
+    lab.cli_ok(3, &["party", "join", &invite]);
+    let s3 = lab.wait_direct(3, &["p1", "p2"], Duration::from_secs(15));
+    assert_eq!(vip(&s3), p3_ip, "rejoin must give the same virtual IP");
+    assert_eq!(lab.ping_loss(1, &p3_ip, 5), 0.0);
+}
+
+/// A daemon killed with SIGKILL comes back into its party; a control-plane restart does
+/// not disturb traffic between members already connected.
+#[test]
+fn crash_recovery_and_control_plane_restart() {
+    let mut lab = Lab::new("crash", 2);
+    lab.start_control();
+    lab.start_daemon(1, &[]);
+    lab.start_daemon(2, &[]);
+    lab.party(1, &[2]);
+    lab.wait_direct(1, &["p2"], Duration::from_secs(15));
+    let before = vip(&lab.status(2));
+
+    lab.kill9(2);
+    let restarted = Instant::now();
+    lab.start_daemon(2, &[]);
+    let back = wait_for(Duration::from_secs(10), || {
+        let s = lab.try_status(2)?;
+        (s["virtual_ip"].as_str() == Some(before.as_str()) && lab.ping_loss(1, &before, 1) == 0.0)
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "p2 not back within 10 s of restart: {:#}",
+        lab.status(2)
+    );
+    eprintln!("p2 reachable again {:?} after restart", restarted.elapsed());
+    assert_eq!(lab.ping_loss(1, &before, 20), 0.0);
+
+    lab.kill_control();
+    assert_eq!(
+        lab.ping_loss(1, &before, 20),
+        0.0,
+        "data plane broke with the control plane down"
+    );
+    assert_eq!(lab.ping_loss(2, "10.66.0.1", 20), 0.0);
+    lab.start_control();
+    let reconnected = wait_for(Duration::from_secs(10), || {
+        (lab.try_status(1)?["control"] == "connected").then_some(())
+    });
+    assert!(
+        reconnected.is_some(),
+        "p1 did not reconnect: {:#}",
+        lab.status(1)
+    );
+    assert_eq!(lab.ping_loss(2, "10.66.0.1", 10), 0.0);
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+/// Every refusal is one clear line on stderr and a non-zero exit.
+#[test]
+fn bad_invites_locked_and_full_parties_are_refused() {
+    let mut lab = Lab::new("refuse", 3);
+    // The daemon is not running yet.
+    let out = lab.cli(1, &["status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("daemon is not running"),
+        "{}",
+        stderr_of(&out)
+    );
+    lab.start_control();
+    for i in 1..=3 {
+        lab.start_daemon(i, &[]);
+    }
+    let out = lab.cli(2, &["party", "leave"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("not in a party"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let invite = lab.cli_ok(1, &["party", "create", "tiny", "--max-members", "2"]);
+    let code: InviteCode = invite.parse().expect("invite parses");
+    let wrong = InviteCode::new(
+        &code.control_url,
+        code.party,
+        PartySecret::from_bytes([7; 16]),
+    )
+    .expect("valid")
+    .to_string();
+    let cases = [
+        (wrong.as_str(), "secret is wrong"),
+        ("lr1-this-is-not-an-invite", "malformed invite code"),
+        ("hello", "malformed invite code"),
+    ];
+    for (bad, expect) in cases {
+        let out = lab.cli(2, &["party", "join", bad]);
+        let err = stderr_of(&out);
+        assert!(!out.status.success(), "join with {bad:?} succeeded");
+        assert!(err.contains(expect), "join with {bad:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+
+    lab.cli_ok(1, &["party", "lock"]);
+    let out = lab.cli(2, &["party", "join", &invite]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("locked"), "{}", stderr_of(&out));
+    lab.cli_ok(1, &["party", "unlock"]);
+    lab.cli_ok(2, &["party", "join", &invite]);
+    let out = lab.cli(3, &["party", "join", &invite]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("full"), "{}", stderr_of(&out));
+    // Non-hosts cannot kick; the host can.
+    let out = lab.cli(2, &["party", "kick", "p1"]);
+    assert!(
+        stderr_of(&out).contains("only the party's host"),
+        "{}",
+        stderr_of(&out)
+    );
+    lab.cli_ok(1, &["party", "kick", "p2"]);
+    let kicked = wait_for(Duration::from_secs(3), || {
+        lab.try_status(2)?["party"].is_null().then_some(())
+    });
+    assert!(kicked.is_some(), "p2 still in the party after the kick");
+}
+
+/// Twenty players joining at the same instant get twenty distinct addresses.
+#[test]
+fn twenty_simultaneous_joins_get_distinct_addresses() {
+    const JOINERS: usize = 20;
+    let mut lab = Lab::new("twenty", JOINERS + 1);
+    lab.start_control();
+    for i in 1..=lab.players() {
+        lab.start_daemon(i, &[]);
+    }
+    let invite = lab.cli_ok(1, &["party", "create", "crowd"]);
+    // Start every join before waiting for any.
+    let spawned: Vec<_> = (2..=JOINERS + 1)
+        .map(|i| {
+            Lab::in_ns(&lab.player_ns(i), BIN)
+                .args([
+                    "party",
+                    "join",
+                    &invite,
+                    "--state-dir",
+                    &lab.state_dir(i).display().to_string(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn join")
+        })
+        .collect();
+    for child in spawned {
+        let out = child.wait_with_output().expect("join finished");
+        assert!(out.status.success(), "a join failed: {}", stderr_of(&out));
+    }
+    let mut ips = BTreeSet::new();
+    for i in 2..=JOINERS + 1 {
+        ips.insert(vip(&lab.status(i)));
+    }
+    assert_eq!(ips.len(), JOINERS, "duplicate addresses: {ips:?}");
+    assert!(!ips.contains("10.66.0.1"));
+    let host = lab.status(1);
+    assert_eq!(
+        host["party"]["members"].as_array().map(Vec::len),
+        Some(JOINERS)
+    );
+}
+
+/// Host mode: no control server; the first daemon embeds it and invites point at it.
+#[test]
+fn host_mode_embeds_the_control_plane() {
+    let mut lab = Lab::new("host", 2);
+    lab.start_daemon(1, &["--advertise", &Lab::player_addr(1)]);
+    lab.start_daemon(2, &["--control-listen", "127.0.0.1:8667"]);
+    let invite = lab.cli_ok(1, &["party", "create", "lan night"]);
+    let code: InviteCode = invite.parse().expect("invite parses");
+    assert_eq!(
+        code.control_url,
+        format!("http://{}:8667", Lab::player_addr(1))
+    );
+    assert_eq!(lab.status(1)["host_mode"], true);
+    lab.cli_ok(2, &["party", "join", &invite]);
+    lab.wait_direct(2, &["p1"], Duration::from_secs(15));
+    assert_eq!(lab.ping_loss(2, "10.66.0.1", 10), 0.0);
+}

@@ -67,12 +67,14 @@ impl Service {
     pub async fn token(&self, req: TokenRequest) -> Result<TokenResponse, ApiError> {
         self.challenges
             .verify(&req.challenge_id, &req.public_key, &req.proof)?;
+        let _w = self.writes.lock().await;
         let mut c = self.store.pool.acquire().await?;
         store::upsert_device(&mut c, &req.public_key, now_ms()).await?;
         self.issue_token(&mut c, &req.public_key).await
     }
 
     pub async fn renew(&self, device: &DeviceKey) -> Result<TokenResponse, ApiError> {
+        let _w = self.writes.lock().await;
         let mut c = self.store.pool.acquire().await?;
         self.issue_token(&mut c, device).await
     }
@@ -128,7 +130,7 @@ impl Service {
         };
         let _w = self.writes.lock().await;
         let now = now_ms();
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write().await?;
         store::insert_party(&mut tx, &row, now).await?;
         store::reserve(&mut tx, &row.id, &device, HOST_OFFSET).await?;
         store::insert_member(&mut tx, &row.id, &device, &player, now).await?;
@@ -160,7 +162,7 @@ impl Service {
         })?;
         let _w = self.writes.lock().await;
         let now = now_ms();
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write().await?;
         let party = store::get_party(&mut tx, &id)
             .await?
             .ok_or_else(ApiError::party_not_found)?;
@@ -236,7 +238,7 @@ impl Service {
 
     pub async fn leave(&self, device: DeviceKey, id: PartyId) -> Result<(), ApiError> {
         let _w = self.writes.lock().await;
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write().await?;
         self.member_party(&mut tx, &device, &id).await?;
         let view = self.remove_member(&mut tx, &id, &device).await?;
         tx.commit().await?;
@@ -251,7 +253,7 @@ impl Service {
         who: &str,
     ) -> Result<PartyView, ApiError> {
         let _w = self.writes.lock().await;
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write().await?;
         let party = self.member_party(&mut tx, &device, &id).await?;
         if party.host != device {
             return Err(ApiError::not_host("kick members"));
@@ -287,7 +289,7 @@ impl Service {
         locked: bool,
     ) -> Result<PartyView, ApiError> {
         let _w = self.writes.lock().await;
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write().await?;
         let mut party = self.member_party(&mut tx, &device, &id).await?;
         if party.host != device {
             return Err(ApiError::not_host(if locked {
@@ -308,7 +310,7 @@ impl Service {
 
     pub async fn heartbeat(&self, device: DeviceKey, id: PartyId) -> Result<PartyView, ApiError> {
         let _w = self.writes.lock().await;
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write().await?;
         let party = self.member_party(&mut tx, &device, &id).await?;
         let was_away = store::members(&mut tx, &id)
             .await?
@@ -339,7 +341,7 @@ impl Service {
         }
         let json = serde_json::to_string(&candidates).map_err(ApiError::internal)?;
         let _w = self.writes.lock().await;
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write().await?;
         let party = self.member_party(&mut tx, &device, &id).await?;
         let current = store::members(&mut tx, &id).await?;
         let changed = current
@@ -384,7 +386,7 @@ impl Service {
         store::purge_tokens(&mut c, now).await?;
         for (party, device, _) in store::silent_members(&mut c, now - ms(live.remove_after)).await?
         {
-            let mut tx = self.store.pool.begin().await?;
+            let mut tx = self.store.write().await?;
             let view = self.remove_member(&mut tx, &party, &device).await?;
             tx.commit().await?;
             tracing::info!(%party, "member removed after five silent minutes");
@@ -396,7 +398,7 @@ impl Service {
             if away {
                 continue;
             }
-            let mut tx = self.store.pool.begin().await?;
+            let mut tx = self.store.write().await?;
             let Some(row) = store::get_party(&mut tx, &party).await? else {
                 continue;
             };

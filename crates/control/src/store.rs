@@ -116,6 +116,14 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`), so
+    /// it never fails half-way with SQLITE_BUSY when another writer committed after it read.
+    pub async fn write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 fn device(s: &str) -> Result<DeviceKey, sqlx::Error> {
     s.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
