@@ -221,8 +221,8 @@ fn print_status(s: &Status) {
         return;
     }
     println!(
-        "{:<20} {:<15} {:<12} {:>10}  {:<7} {}",
-        "NAME", "VIRTUAL IP", "PATH", "LATENCY", "ONLINE", "ENDPOINT"
+        "{:<20} {:<15} {:<12} {:>10}  {:<7} ENDPOINT",
+        "NAME", "VIRTUAL IP", "PATH", "LATENCY", "ONLINE"
     );
     for m in &p.members {
         let latency = m

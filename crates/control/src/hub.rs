@@ -12,11 +12,14 @@ use tokio::sync::mpsc;
 /// reconnects and receives a fresh full view.
 pub const CONNECTION_QUEUE: usize = 128;
 
+/// Open connections of one device: (connection id, its queue).
+type Conns = HashMap<DeviceKey, Vec<(u64, mpsc::Sender<ServerMessage>)>>;
+
 /// Every open WebSocket, by device.
 #[derive(Default)]
 pub struct Hub {
     next_id: AtomicU64,
-    conns: Mutex<HashMap<DeviceKey, Vec<(u64, mpsc::Sender<ServerMessage>)>>>,
+    conns: Mutex<Conns>,
 }
 
 impl Hub {
@@ -58,10 +61,7 @@ impl Hub {
         self.lock().clear();
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<DeviceKey, Vec<(u64, mpsc::Sender<ServerMessage>)>>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
         // A poisoned lock only means another thread panicked mid-update of a map that stays
         // consistent (each operation is a single insert/retain); keep serving.
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
