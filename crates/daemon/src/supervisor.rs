@@ -173,6 +173,7 @@ pub async fn run(
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let mut sup = Supervisor {
+        dataplane_error: None,
         state,
         secret,
         key,
@@ -269,6 +270,9 @@ impl Drop for Session {
 }
 
 struct Supervisor {
+    /// The last data-plane failure (e.g. no permission to create the TUN), for the caller of
+    /// create and join.
+    dataplane_error: Option<String>,
     state: State,
     secret: StaticSecret,
     key: DeviceKey,
@@ -373,8 +377,14 @@ impl Supervisor {
         let invite: InviteCode = resp.invite.parse().map_err(|e| {
             LocalError::new(502, format!("the control plane sent a bad invite: {e}"))
         })?;
+        self.dataplane_error = None;
         self.start_session(invite, player_name, Some(resp.party), false)
             .await;
+        if let Some(e) = self.dataplane_error.take() {
+            // A member that cannot route would only black-hole its friends' packets.
+            let _ = self.leave().await;
+            return Err(LocalError::new(500, e));
+        }
         self.publish_candidates().await;
         self.session
             .as_ref()
@@ -409,8 +419,14 @@ impl Supervisor {
                 },
             )
             .await?;
+        self.dataplane_error = None;
         self.start_session(invite, player_name, Some(resp.party), false)
             .await;
+        if let Some(e) = self.dataplane_error.take() {
+            // A member that cannot route would only black-hole its friends' packets.
+            let _ = self.leave().await;
+            return Err(LocalError::new(500, e));
+        }
         self.publish_candidates().await;
         self.session
             .as_ref()
@@ -600,7 +616,9 @@ impl Supervisor {
             })
             .collect();
         if let Err(e) = self.dataplane.set_party(me.virtual_ip, prefix, peers).await {
-            tracing::error!(error = %format!("{e:#}"), "could not configure the data plane");
+            let e = format!("{e:#}");
+            tracing::error!(error = %e, "could not configure the data plane");
+            self.dataplane_error = Some(e);
         }
         let changed = s.view.as_ref().is_none_or(|v| v != &view);
         s.view = Some(view.clone());
