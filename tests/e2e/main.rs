@@ -154,6 +154,12 @@ fn crash_recovery_and_control_plane_restart() {
     let before = vip(&lab.status(2));
 
     lab.kill9(2);
+    // A leftover interface (as a crash of an older build or another tool could leave) must
+    // be replaced, not block the restart.
+    harness::must(
+        Lab::in_ns(&lab.player_ns(2), "ip")
+            .args(["tuntap", "add", "dev", "lanrage0", "mode", "tun"]),
+    );
     let restarted = Instant::now();
     lab.start_daemon(2, &[]);
     let back = wait_for(Duration::from_secs(10), || {
@@ -168,6 +174,10 @@ fn crash_recovery_and_control_plane_restart() {
     );
     eprintln!("p2 reachable again {:?} after restart", restarted.elapsed());
     assert_eq!(lab.ping_loss(1, &before, 20), 0.0);
+    let link = harness::must(
+        Lab::in_ns(&lab.player_ns(2), "ip").args(["-br", "addr", "show", "lanrage0"]),
+    );
+    assert!(String::from_utf8_lossy(&link.stdout).contains(&format!("{before}/16")));
 
     lab.kill_control();
     assert_eq!(
