@@ -20,6 +20,9 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 pub const TUN_NAME: &str = "lanrage0";
 /// Largest datagram read: a 1500-byte underlay plus slack for jumbo frames.
 const RECV_BUF: usize = 65_536;
+/// Packets taken from one ready source before the others get a turn; draining a burst in
+/// one go saves a task wake-up per packet.
+const BATCH: usize = 64;
 
 /// One peer the data plane should have.
 #[derive(Debug, Clone)]
@@ -153,12 +156,30 @@ impl Task {
                     self.command(cmd);
                 }
                 r = self.socket.recv_from(&mut udp_buf) => match r {
-                    Ok((n, from)) => self.datagram(&udp_buf[..n], from),
+                    Ok((n, from)) => {
+                        self.datagram(&udp_buf[..n], from);
+                        for _ in 1..BATCH {
+                            match self.socket.try_recv_from(&mut udp_buf) {
+                                Ok((n, from)) => self.datagram(&udp_buf[..n], from),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     // ICMP errors (port unreachable) surface here on Linux; not fatal.
                     Err(e) => tracing::trace!(error = %e, "udp receive error"),
                 },
                 r = recv_tun(self.tun.as_ref(), &mut tun_buf) => match r {
-                    Ok(n) => self.node.handle_tun_packet(&tun_buf[..n], Instant::now()),
+                    Ok(n) => {
+                        let now = Instant::now();
+                        self.node.handle_tun_packet(&tun_buf[..n], now);
+                        for _ in 1..BATCH {
+                            let Some(tun) = &self.tun else { break };
+                            match tun.dev.try_recv(&mut tun_buf) {
+                                Ok(n) => self.node.handle_tun_packet(&tun_buf[..n], now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "TUN read failed; closing the interface");
                         self.tun = None;
@@ -183,14 +204,23 @@ impl Task {
 
     async fn flush(&mut self) {
         while let Some(t) = self.node.poll_transmit() {
-            if let Err(e) = self.socket.send_to(&t.payload, t.dst).await {
+            let sent = match self.socket.try_send_to(&t.payload, t.dst) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.socket.send_to(&t.payload, t.dst).await
+                }
+                other => other,
+            };
+            if let Err(e) = sent {
                 tracing::trace!(error = %e, "udp send failed");
             }
         }
         while let Some(p) = self.node.poll_tun() {
-            if let Some(tun) = &self.tun
-                && let Err(e) = tun.dev.send(&p).await
-            {
+            let Some(tun) = &self.tun else { continue };
+            let written = match tun.dev.try_send(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tun.dev.send(&p).await,
+                other => other,
+            };
+            if let Err(e) = written {
                 tracing::trace!(error = %e, "TUN write failed");
             }
         }
