@@ -128,6 +128,8 @@ impl Service {
             network: self.config.network.to_string(),
             version: 1,
         };
+        // Before any write: a URL unfit for an invite must not leave a party behind.
+        let invite = self.invite_code(&row, base_url)?;
         let _w = self.writes.lock().await;
         let now = now_ms();
         let mut tx = self.store.write().await?;
@@ -137,7 +139,6 @@ impl Service {
         let view = self.view_in(&mut tx, &row.id).await?;
         tx.commit().await?;
         tracing::info!(party = %row.id, "party created");
-        let invite = self.invite_code(&row, base_url)?;
         self.push(&view);
         Ok(PartyResponse {
             party: view,
@@ -181,13 +182,14 @@ impl Service {
                 "the host removed this device from the party",
             ));
         }
+        // Before any write: a URL unfit for an invite must not leave a member behind.
+        let invite = self.invite_code(&party, base_url)?;
         let members = store::members(&mut tx, &id).await?;
         if members.iter().any(|m| m.public_key == device) {
             // Already a member (a daemon restarting): same address, no change.
             store::touch_member(&mut tx, &id, &device, now).await?;
             let view = self.view_in(&mut tx, &id).await?;
             tx.commit().await?;
-            let invite = self.invite_code(&party, base_url)?;
             return Ok(PartyResponse {
                 party: view,
                 invite,
@@ -229,7 +231,6 @@ impl Service {
         tx.commit().await?;
         tracing::info!(party = %id, members = view.members.len(), "member joined");
         self.push(&view);
-        let invite = self.invite_code(&party, base_url)?;
         Ok(PartyResponse {
             party: view,
             invite,

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +18,6 @@ use lanrage_proto::api::{
     CandidatesRequest, ChallengeRequest, ClientMessage, CreatePartyRequest, JoinPartyRequest,
     KickRequest, LockRequest, ServerMessage, TokenRequest,
 };
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -218,21 +218,18 @@ async fn invite(
     Ok(Json(json!({"invite": svc.invite(d, id, &base).await?})).into_response())
 }
 
-#[derive(Deserialize)]
-struct WsQuery {
-    #[allow(dead_code)]
-    token: Option<String>,
-}
-
+/// `?token=` is read by [`Device`]; other query parameters are ignored.
 async fn ws(
     State(svc): Svc,
     Device(d): Device,
-    _q: Query<WsQuery>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    upgrade
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // axum's own rejection is a bare text body; answer in our error shape like every route.
+    let upgrade =
+        upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| run_socket(svc, d, socket))
+        .on_upgrade(move |socket| run_socket(svc, d, socket)))
 }
 
 async fn run_socket(svc: Arc<Service>, device: lanrage_proto::DeviceKey, socket: WebSocket) {
