@@ -276,3 +276,160 @@ async fn lock(
 async fn invite(State(st): State<ApiState>) -> Response {
     ask(&st, Command::Invite).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use gotatun::x25519::{PublicKey, StaticSecret};
+    use lanrage_proto::DeviceKey;
+    use reqwest::StatusCode;
+
+    use super::*;
+
+    const TOKEN: &str = "test-token";
+
+    /// Serves the API on a loopback port with a supervisor stand-in that answers every
+    /// command; returns the address.
+    async fn serve_api() -> SocketAddr {
+        let secret = StaticSecret::from([5u8; 32]);
+        let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
+        let (dataplane, _task) = DataPlane::start(secret, 0, 1420).await.expect("data plane");
+        let shared = Arc::new(RwLock::new(Shared {
+            key,
+            name: "tester".into(),
+            host_mode: false,
+            control_url: "http://127.0.0.1:1".into(),
+            control: "idle".into(),
+            party: None,
+        }));
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                if let Command::Leave(reply) = cmd {
+                    let _ = reply.send(Err(LocalError {
+                        status: 409,
+                        message: "not in a party".into(),
+                    }));
+                }
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = ApiState::new(tx, shared, dataplane, TOKEN.into(), addr.port());
+        tokio::spawn(serve(listener, state, std::future::pending()));
+        addr
+    }
+
+    #[tokio::test]
+    async fn status_is_open_and_reports_no_party() {
+        let addr = serve_api().await;
+        let resp = reqwest::get(format!("http://{addr}/v1/status"))
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Status = resp.json().await.expect("status json");
+        assert!(body.party.is_none() && body.virtual_ip.is_none());
+        assert_eq!(body.name, "tester");
+        assert!(body.wireguard.peers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn foreign_host_and_origin_are_refused() {
+        let addr = serve_api().await;
+        let http = reqwest::Client::new();
+        let url = format!("http://{addr}/v1/status");
+        // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
+        let resp = http
+            .get(&url)
+            .header("host", format!("evil.example:{}", addr.port()))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        // Right host, wrong port: another local service's name is not ours.
+        let resp = http
+            .get(&url)
+            .header("host", "127.0.0.1:1")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        // CSRF: a cross-site page posting to the API, even with a stolen token.
+        let resp = http
+            .post(format!("http://{addr}/v1/party/leave"))
+            .header("origin", "http://evil.example")
+            .header(API_TOKEN_HEADER, TOKEN)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let resp = http
+            .get(&url)
+            .header("origin", format!("http://localhost:{}", addr.port()))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn mutating_calls_and_the_invite_need_the_token() {
+        let addr = serve_api().await;
+        let http = reqwest::Client::new();
+        for (method, path) in [
+            (reqwest::Method::POST, "/v1/party/leave"),
+            (reqwest::Method::POST, "/v1/party/create"),
+            (reqwest::Method::GET, "/v1/party/invite"),
+        ] {
+            let url = format!("http://{addr}{path}");
+            let resp = http
+                .request(method.clone(), &url)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} without token"
+            );
+            let resp = http
+                .request(method, &url)
+                .header(API_TOKEN_HEADER, "wrong")
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} with a wrong token"
+            );
+        }
+        // With the token the command reaches the supervisor and its answer comes back.
+        let resp = http
+            .post(format!("http://{addr}/v1/party/leave"))
+            .header(API_TOKEN_HEADER, TOKEN)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        let body: ErrorBody = resp.json().await.expect("error json");
+        assert_eq!(body.error, "not in a party");
+        // A malformed body is a 400 with a sentence, not a crash.
+        let resp = http
+            .post(format!("http://{addr}/v1/party/join"))
+            .header(API_TOKEN_HEADER, TOKEN)
+            .header("content-type", "application/json")
+            .body("{\"invite\": 42}")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body: ErrorBody = resp.json().await.expect("error json");
+        assert!(
+            body.error.starts_with("invalid request body"),
+            "{}",
+            body.error
+        );
+    }
+}

@@ -377,21 +377,7 @@ impl Supervisor {
         let invite: InviteCode = resp.invite.parse().map_err(|e| {
             LocalError::new(502, format!("the control plane sent a bad invite: {e}"))
         })?;
-        self.dataplane_error = None;
-        self.start_session(invite, player_name, Some(resp.party), false)
-            .await;
-        if let Some(e) = self.dataplane_error.take() {
-            // A member that cannot route would only black-hole its friends' packets.
-            let _ = self.leave().await;
-            return Err(LocalError::new(500, e));
-        }
-        self.publish_candidates().await;
-        self.session
-            .as_ref()
-            .map(|s| invite_response(s, &self.key))
-            .ok_or_else(|| {
-                LocalError::new(500, "the party could not be set up; see the daemon log")
-            })
+        self.enter(invite, player_name, resp.party).await
     }
 
     async fn join(
@@ -419,8 +405,18 @@ impl Supervisor {
                 },
             )
             .await?;
+        self.enter(invite, player_name, resp.party).await
+    }
+
+    /// Starts the session for a party the control plane just admitted us to.
+    async fn enter(
+        &mut self,
+        invite: InviteCode,
+        player_name: String,
+        view: PartyView,
+    ) -> Result<InviteResponse, LocalError> {
         self.dataplane_error = None;
-        self.start_session(invite, player_name, Some(resp.party), false)
+        self.start_session(invite, player_name, Some(view), false)
             .await;
         if let Some(e) = self.dataplane_error.take() {
             // A member that cannot route would only black-hole its friends' packets.
