@@ -129,3 +129,29 @@ mod tests {
         assert_eq!(bad_url.parse::<InviteCode>(), Err(InviteError::Url));
     }
 }
+
+#[cfg(test)]
+mod garbage {
+    use super::*;
+
+    #[test]
+    fn arbitrary_strings_never_panic() {
+        // A small xorshift keeps the test deterministic without a dependency.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let alphabet = b"lr1-_ABCxyz0189+/=:./\xc3\xa9 ";
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = usize::try_from(x % 120).unwrap_or(0);
+            let mut s = String::from(if x % 3 == 0 { "lr1-" } else { "" });
+            let mut y = x;
+            for _ in 0..len {
+                y = y.rotate_left(5) ^ 0x5555;
+                let c = alphabet[usize::try_from(y).unwrap_or(0) % alphabet.len()];
+                s.push(char::from(c));
+            }
+            let _ = s.parse::<InviteCode>();
+        }
+    }
+}

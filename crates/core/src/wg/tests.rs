@@ -302,3 +302,30 @@ fn unanswered_peer_becomes_unreachable() {
     pair.drive(Duration::from_secs(20));
     assert_eq!(pair.a.peer_stats(pair.now)[0].path, PathKind::Unreachable);
 }
+
+#[test]
+fn random_wireguard_shaped_datagrams_never_panic() {
+    let mut pair = Pair::new(Duration::from_millis(1));
+    pair.a_sends(b"establish");
+    pair.drive(Duration::from_millis(50));
+    let mut rng = StdRng::seed_from_u64(7);
+    let now = pair.now;
+    let sizes = [148usize, 92, 64, 32, 33, 100, 1500];
+    for i in 0..20_000u32 {
+        let kind = u8::try_from(i % 4).expect("small") + 1;
+        let len = sizes[usize::try_from(rng.next_u32()).unwrap_or(0) % sizes.len()];
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        d[0] = kind;
+        d[1..4].copy_from_slice(&[0, 0, 0]);
+        pair.b.handle_datagram(pair.a_addr, &d, now);
+    }
+    let c = pair.b.counters();
+    assert!(c.dropped_invalid + c.dropped_unknown_peer > 0);
+    assert_eq!(pair.b_tun.len(), 1, "nothing forged reached the TUN");
+    // The real session still works afterwards.
+    pair.collect();
+    pair.a_sends(b"still here");
+    pair.drive(Duration::from_millis(50));
+    assert_eq!(pair.b_tun.len(), 2);
+}
