@@ -144,7 +144,7 @@ mod garbage {
             x ^= x >> 7;
             x ^= x << 17;
             let len = usize::try_from(x % 120).unwrap_or(0);
-            let mut s = String::from(if x % 3 == 0 { "lr1-" } else { "" });
+            let mut s = String::from(if x.is_multiple_of(3) { "lr1-" } else { "" });
             let mut y = x;
             for _ in 0..len {
                 y = y.rotate_left(5) ^ 0x5555;
