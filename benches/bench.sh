@@ -13,7 +13,7 @@
 # Three paths from B (client) to A (server), one after the other, never two tunnels at once:
 #   raw           10.98.0.3 -> 10.98.0.2 over the bridge
 #   wireguard-go  10.77.0.2 -> 10.77.0.1 (wg set ... listen-port 51820, MTU 1420, as in
-#                 /work/shared/testbed/baselines.sh)
+#                 the shared testbed's baselines.sh)
 #   lanrage       10.66.0.2 -> 10.66.0.1 (control plane in ctl, `lanrage up` in A and B,
 #                 A creates a party, B joins it)
 #
