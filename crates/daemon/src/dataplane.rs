@@ -292,9 +292,19 @@ impl Task {
             .with_context(|| {
                 format!("creating the TUN device {TUN_NAME} (needs root or CAP_NET_ADMIN)")
             })?;
+        disable_ipv6();
         tracing::info!(%ip, prefix, "interface {TUN_NAME} up");
         self.tun = Some(Tun { dev, ip, prefix });
         Ok(())
+    }
+}
+
+/// The party network is IPv4; without this the kernel would send router solicitations and
+/// MLD reports into the tunnel, which the node can only drop.
+fn disable_ipv6() {
+    let path = format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(error = %e, "could not disable IPv6 on {TUN_NAME}");
     }
 }
 
