@@ -34,6 +34,9 @@ pub struct ControlConfig {
     pub network: PartyNetwork,
     /// Membership timing; the defaults are the product's (90 s away, 5 min removed).
     pub liveness: Liveness,
+    /// Devices allowed to create parties; `None`: any signed-in device. A daemon in host
+    /// mode lists only itself, so its open port is not a party service for strangers.
+    pub creators: Option<Vec<lanrage_proto::DeviceKey>>,
 }
 
 impl ControlConfig {
@@ -44,6 +47,7 @@ impl ControlConfig {
             public_url: None,
             network: PartyNetwork::default(),
             liveness: Liveness::default(),
+            creators: None,
         }
     }
 }

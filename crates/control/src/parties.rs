@@ -42,6 +42,9 @@ pub struct Service {
     pub config: ControlConfig,
     pub hub: Hub,
     challenges: Challenges,
+    /// When this instance started (Unix ms): silence is counted from here at the earliest,
+    /// so a control plane that was down does not expire everyone the moment it is back.
+    started_ms: i64,
     /// Membership changes run one at a time per instance; the UNIQUE constraints on
     /// addresses and names back this up in the database.
     writes: Mutex<()>,
@@ -54,6 +57,7 @@ impl Service {
             config,
             hub: Hub::default(),
             challenges: Challenges::default(),
+            started_ms: now_ms(),
             writes: Mutex::new(()),
         }
     }
@@ -73,10 +77,15 @@ impl Service {
         self.issue_token(&mut c, &req.public_key).await
     }
 
-    pub async fn renew(&self, device: &DeviceKey) -> Result<TokenResponse, ApiError> {
+    /// A new token for the holder of `old`, which stops working at once, so a token that
+    /// leaked is not renewed twice.
+    pub async fn renew(&self, device: &DeviceKey, old: &str) -> Result<TokenResponse, ApiError> {
         let _w = self.writes.lock().await;
-        let mut c = self.store.pool.acquire().await?;
-        self.issue_token(&mut c, device).await
+        let mut tx = self.store.write().await?;
+        store::delete_token(&mut tx, &auth::token_digest(old)).await?;
+        let token = self.issue_token(&mut tx, device).await?;
+        tx.commit().await?;
+        Ok(token)
     }
 
     async fn issue_token(
@@ -105,6 +114,15 @@ impl Service {
         req: CreatePartyRequest,
         base_url: &str,
     ) -> Result<PartyResponse, ApiError> {
+        if let Some(allowed) = &self.config.creators
+            && !allowed.contains(&device)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_allowed",
+                "this control plane only lets its owner create parties",
+            ));
+        }
         let name = clean_name(&req.name, 64, "party name")?;
         let player = clean_name(&req.player_name, 32, "player name")?;
         if let Some(m) = req.max_members
@@ -378,36 +396,53 @@ impl Service {
     }
 
     /// Marks members silent for `away_after` as away and removes those silent for
-    /// `remove_after`, pushing each change.
+    /// `remove_after`, pushing each change. Silence counts from this instance's start at the
+    /// earliest. One write transaction: the sweep is all or nothing.
     pub async fn sweep(&self, now: i64) -> Result<(), ApiError> {
         let live = self.config.liveness;
         let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let up_for = now - self.started_ms;
         let _w = self.writes.lock().await;
-        let mut c = self.store.pool.acquire().await?;
-        store::purge_tokens(&mut c, now).await?;
-        for (party, device, _) in store::silent_members(&mut c, now - ms(live.remove_after)).await?
-        {
-            let mut tx = self.store.write().await?;
-            let view = self.remove_member(&mut tx, &party, &device).await?;
-            tx.commit().await?;
+        let mut tx = self.store.write().await?;
+        store::purge_tokens(&mut tx, now).await?;
+        let mut removals = Vec::new();
+        if up_for > ms(live.remove_after) {
+            for (party, device, _) in
+                store::silent_members(&mut tx, now - ms(live.remove_after)).await?
+            {
+                let view = self.remove_member(&mut tx, &party, &device).await?;
+                removals.push((view, party, device));
+            }
+        }
+        let mut changed = Vec::new();
+        if up_for > ms(live.away_after) {
+            for (party, device, away) in
+                store::silent_members(&mut tx, now - ms(live.away_after)).await?
+            {
+                if away {
+                    continue;
+                }
+                let Some(row) = store::get_party(&mut tx, &party).await? else {
+                    continue;
+                };
+                store::set_away(&mut tx, &party, &device).await?;
+                store::update_party(&mut tx, &row).await?;
+                if !changed.contains(&party) {
+                    changed.push(party);
+                }
+            }
+        }
+        let mut views = Vec::new();
+        for party in &changed {
+            views.push(self.view_in(&mut tx, party).await?);
+        }
+        tx.commit().await?;
+        for (view, party, device) in removals {
             tracing::info!(%party, "member removed after five silent minutes");
             self.after_removal(view, &party, &device, "silent for too long");
         }
-        for (party, device, away) in
-            store::silent_members(&mut c, now - ms(live.away_after)).await?
-        {
-            if away {
-                continue;
-            }
-            let mut tx = self.store.write().await?;
-            let Some(row) = store::get_party(&mut tx, &party).await? else {
-                continue;
-            };
-            store::set_away(&mut tx, &party, &device).await?;
-            store::update_party(&mut tx, &row).await?;
-            let view = self.view_in(&mut tx, &party).await?;
-            tx.commit().await?;
-            self.push(&view);
+        for view in &views {
+            self.push(view);
         }
         Ok(())
     }

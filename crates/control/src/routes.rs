@@ -84,16 +84,29 @@ impl FromRequestParts<Arc<Service>> for Device {
                     ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"")
                 })?
                 .to_owned(),
-            None => parts
+            // Only the WebSocket takes the token in the URL (browsers cannot set headers
+            // there); everywhere else it would only end up in logs.
+            None if parts.uri.path() == "/v1/ws" => parts
                 .uri
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
                 .map(str::to_owned)
                 .ok_or_else(|| ApiError::unauthorized("sign in first: no bearer token given"))?,
+            None => {
+                return Err(ApiError::unauthorized(
+                    "sign in first: no bearer token given",
+                ));
+            }
         };
-        svc.authenticate(&token).await.map(Device)
+        let device = svc.authenticate(&token).await?;
+        parts.extensions.insert(Bearer(token));
+        Ok(Device(device))
     }
 }
+
+/// The bearer token the request was authenticated with (after [`Device`]).
+#[derive(Clone)]
+pub struct Bearer(pub String);
 
 /// The party id in the path.
 pub struct Party(pub PartyId);
@@ -142,8 +155,12 @@ async fn token(State(svc): Svc, ApiJson(req): ApiJson<TokenRequest>) -> Result<R
     Ok(Json(svc.token(req).await?).into_response())
 }
 
-async fn renew(State(svc): Svc, Device(d): Device) -> Result<Response, ApiError> {
-    Ok(Json(svc.renew(&d).await?).into_response())
+async fn renew(
+    State(svc): Svc,
+    Device(d): Device,
+    axum::Extension(Bearer(old)): axum::Extension<Bearer>,
+) -> Result<Response, ApiError> {
+    Ok(Json(svc.renew(&d, &old).await?).into_response())
 }
 
 async fn create(

@@ -8,6 +8,8 @@ use lanrage_proto::{DeviceKey, PartyId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
+use crate::error::ApiError;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS devices (
     public_key TEXT PRIMARY KEY,
@@ -105,12 +107,18 @@ impl Store {
                 std::fs::create_dir_all(dir)?;
             }
         }
-        // An in-memory database lives in its one connection.
-        let max = if memory { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max)
-            .connect_with(options)
-            .await?;
+        // An in-memory database lives in its one connection, which must never be recycled.
+        let pool = if memory {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(4)
+        }
+        .connect_with(options)
+        .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
         Ok(Self { pool })
     }
@@ -157,6 +165,14 @@ pub async fn insert_token(
         .bind(hash)
         .bind(key.to_string())
         .bind(expires_at)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_token(c: &mut SqliteConnection, hash: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM tokens WHERE token_hash = $1")
+        .bind(hash)
         .execute(c)
         .await?;
     Ok(())
@@ -225,10 +241,12 @@ pub async fn get_party(c: &mut SqliteConnection, id: &PartyId) -> sqlx::Result<O
     }))
 }
 
-/// Writes the mutable party fields and bumps its version; returns the new version.
-pub async fn update_party(c: &mut SqliteConnection, p: &PartyRow) -> sqlx::Result<i64> {
+/// Writes the mutable party fields and bumps its version; returns the new version. The
+/// update only applies to the version that was read, so a concurrent writer (another
+/// instance) makes it fail with a conflict instead of being silently overwritten.
+pub async fn update_party(c: &mut SqliteConnection, p: &PartyRow) -> Result<i64, ApiError> {
     let version = p.version + 1;
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE parties SET host = $1, locked = $2, version = $3 WHERE id = $4 AND version = $5",
     )
     .bind(p.host.to_string())
@@ -238,6 +256,13 @@ pub async fn update_party(c: &mut SqliteConnection, p: &PartyRow) -> sqlx::Resul
     .bind(p.version)
     .execute(c)
     .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "version_conflict",
+            "the party changed at the same moment; try again",
+        ));
+    }
     Ok(version)
 }
 
