@@ -244,6 +244,25 @@ impl Lab {
         }
     }
 
+    /// SIGTERM to player `i`'s daemon; waits (bounded) for it to exit and returns whether
+    /// it exited successfully.
+    pub fn terminate(&mut self, i: usize) -> bool {
+        let Some(mut c) = self.daemons[i - 1].take() else {
+            return false;
+        };
+        let pid = c.id().to_string();
+        let _ = run(Command::new("kill").args(["-TERM", &pid]));
+        let status = wait_for(Duration::from_secs(10), || c.try_wait().ok().flatten());
+        match status {
+            Some(s) => s.success(),
+            None => {
+                let _ = c.kill();
+                let _ = c.wait();
+                false
+            }
+        }
+    }
+
     /// Runs the CLI as player `i` (with its state dir).
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
         run(Self::in_ns(&self.player_ns(i), BIN)

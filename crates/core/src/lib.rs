@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod demux;
 pub mod packet;
+pub mod party;
 pub mod wg;
 
 pub use demux::{PacketClass, classify};

@@ -48,6 +48,8 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A peer heard from within this window is on a working path.
 const ALIVE_WINDOW: Duration = Duration::from_secs(5);
+/// A learned endpoint silent this long is dropped in favour of the published candidates.
+const ENDPOINT_STALE: Duration = Duration::from_secs(15);
 /// A peer never heard from for this long after being added is unreachable, not connecting.
 const CONNECT_GRACE: Duration = Duration::from_secs(15);
 /// RTT samples kept per peer; the reported latency is their median, so one probe that
@@ -68,6 +70,9 @@ pub struct Counters {
     pub dropped_spoofed: u64,
     /// TUN packets for an address no peer owns.
     pub dropped_no_route: u64,
+    /// Decrypted packets not addressed to this device (nor broadcast or multicast): a peer
+    /// must not use us as a router into our other networks.
+    pub dropped_wrong_destination: u64,
     /// Datagrams that were not valid WireGuard, or failed to decrypt.
     pub dropped_invalid: u64,
     /// Valid handshakes from keys that are not party members.
@@ -95,6 +100,10 @@ pub struct Node {
     index_table: IndexTable,
     rate_limiter: Arc<RateLimiter>,
     local_ip: Option<Ipv4Addr>,
+    /// The party broadcast address (e.g. 10.66.255.255), derived from the prefix.
+    broadcast: Option<Ipv4Addr>,
+    /// Whether latency probes are sent (on by default).
+    probing: bool,
     peers: BTreeMap<DeviceKey, Peer>,
     by_ip: HashMap<Ipv4Addr, DeviceKey>,
     by_index: HashMap<u32, DeviceKey>,
@@ -134,6 +143,8 @@ impl Node {
             public,
             index_table,
             local_ip: None,
+            broadcast: None,
+            probing: true,
             peers: BTreeMap::new(),
             by_ip: HashMap::new(),
             by_index: HashMap::new(),
@@ -152,9 +163,18 @@ impl Node {
         DeviceKey::from_bytes(self.public.to_bytes())
     }
 
-    /// Sets this device's virtual IP (the source of its probes).
-    pub fn set_local_ip(&mut self, ip: Option<Ipv4Addr>) {
-        self.local_ip = ip;
+    /// Sets this device's virtual IP and the party prefix length; `None` when in no party.
+    pub fn set_local(&mut self, local: Option<(Ipv4Addr, u8)>) {
+        self.local_ip = local.map(|(ip, _)| ip);
+        self.broadcast = local.map(|(ip, prefix)| {
+            let host_bits = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+            Ipv4Addr::from(u32::from(ip) | host_bits)
+        });
+    }
+
+    /// Turns the per-peer latency probes on or off.
+    pub fn set_probing(&mut self, on: bool) {
+        self.probing = on;
     }
 
     /// Sets the TUN MTU that outgoing packets are padded up to (whitepaper §5.4.6).
@@ -298,6 +318,14 @@ impl Node {
                 let Some(peer) = self.peers.get_mut(&key) else {
                     continue;
                 };
+                if peer.endpoint.is_some()
+                    && peer
+                        .last_rx
+                        .is_none_or(|t| now.saturating_duration_since(t) > ENDPOINT_STALE)
+                {
+                    // The learned address went quiet: try every published one again.
+                    peer.endpoint = None;
+                }
                 match peer.tunn.update_timers() {
                     Ok(Some(packet)) => self.queue_wg(key, packet),
                     Ok(None) | Err(WireGuardError::ConnectionExpired) => {}
@@ -307,7 +335,7 @@ impl Node {
             let table = &self.index_table;
             self.by_index.retain(|idx, _| table.in_use(*idx));
         }
-        let Some(local_ip) = self.local_ip else {
+        let Some(local_ip) = self.local_ip.filter(|_| self.probing) else {
             return;
         };
         let due: Vec<DeviceKey> = self
@@ -337,6 +365,7 @@ impl Node {
     pub fn poll_timeout(&self) -> Instant {
         let probes = self
             .local_ip
+            .filter(|_| self.probing)
             .and_then(|_| self.peers.values().map(|p| p.next_probe).min());
         probes.map_or(self.next_tick, |p| p.min(self.next_tick))
     }
@@ -440,13 +469,22 @@ impl Node {
             self.counters.dropped_invalid += 1;
             return;
         };
-        match packet::ipv4_addrs(inner) {
-            Some((src, _)) if src == peer.virtual_ip => {}
-            _ => {
-                self.counters.dropped_spoofed += 1;
-                tracing::trace!(peer = %key, "dropped packet with a foreign inner source");
-                return;
-            }
+        let Some((src, dst)) = packet::ipv4_addrs(inner) else {
+            self.counters.dropped_invalid += 1;
+            return;
+        };
+        if src != peer.virtual_ip {
+            self.counters.dropped_spoofed += 1;
+            tracing::trace!(peer = %key, "dropped packet with a foreign inner source");
+            return;
+        }
+        let for_us = Some(dst) == self.local_ip
+            || Some(dst) == self.broadcast
+            || dst.is_broadcast()
+            || dst.is_multicast();
+        if !for_us {
+            self.counters.dropped_wrong_destination += 1;
+            return;
         }
         let Some(probe) = packet::parse_probe(inner) else {
             self.to_tun.push_back(inner.to_vec());

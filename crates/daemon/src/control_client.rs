@@ -36,17 +36,6 @@ pub enum ClientError {
     Protocol(String),
 }
 
-impl ClientError {
-    /// True when retrying later may help (network trouble, server errors).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Unreachable { .. } => true,
-            ClientError::Api { status, .. } => *status >= 500,
-            ClientError::Protocol(_) => false,
-        }
-    }
-}
-
 /// A signed-in connection to one control plane.
 #[derive(Clone)]
 pub struct ControlClient {

@@ -24,13 +24,8 @@ const RECV_BUF: usize = 65_536;
 /// one go saves a task wake-up per packet.
 const BATCH: usize = 64;
 
-/// One peer the data plane should have.
-#[derive(Debug, Clone)]
-pub struct PeerConfig {
-    pub key: DeviceKey,
-    pub virtual_ip: Ipv4Addr,
-    pub candidates: Vec<SocketAddr>,
-}
+/// One peer the data plane should have (checked by `lanrage_core::party::check_view`).
+pub use lanrage_core::party::CheckedPeer as PeerConfig;
 
 /// What the data plane reports.
 #[derive(Debug, Clone, Default)]
@@ -237,7 +232,7 @@ impl Task {
             } => {
                 let result = self.ensure_tun(virtual_ip, prefix);
                 if result.is_ok() {
-                    self.node.set_local_ip(Some(virtual_ip));
+                    self.node.set_local(Some((virtual_ip, prefix)));
                     let wanted: Vec<DeviceKey> = peers.iter().map(|p| p.key).collect();
                     let stale: Vec<DeviceKey> = self
                         .node
@@ -260,7 +255,7 @@ impl Task {
                 for key in keys {
                     self.node.remove_peer(&key);
                 }
-                self.node.set_local_ip(None);
+                self.node.set_local(None);
                 self.tun = None; // closing the descriptor deletes the interface
                 let _ = reply.send(());
             }
@@ -283,7 +278,7 @@ impl Task {
             return Ok(());
         }
         self.tun = None;
-        remove_stale_interface();
+        remove_stale_interface()?;
         let dev = DeviceBuilder::new()
             .name(TUN_NAME)
             .ipv4(ip, prefix, None)
@@ -316,18 +311,55 @@ async fn recv_tun(tun: Option<&Tun>, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// A `lanrage0` left behind (a persistent TUN from a crashed run, or a leftover of another
-/// tool) would make creating ours fail or attach to foreign state: delete it first.
-fn remove_stale_interface() {
-    if std::path::Path::new("/sys/class/net")
+/// tool) would make creating ours fail or attach to foreign state: delete it first. One that
+/// a live process in this network namespace holds open belongs to someone (another daemon):
+/// leave it and say so.
+fn remove_stale_interface() -> anyhow::Result<()> {
+    if !std::path::Path::new("/sys/class/net")
         .join(TUN_NAME)
         .exists()
     {
-        tracing::info!("removing a stale {TUN_NAME} interface");
-        let status = std::process::Command::new("ip")
-            .args(["link", "delete", TUN_NAME])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            tracing::warn!("could not delete the stale {TUN_NAME}; creating it may fail");
+        return Ok(());
+    }
+    if let Some(pid) = tun_holder_in_this_netns(TUN_NAME) {
+        anyhow::bail!("{TUN_NAME} is in use by process {pid} (another LANrage daemon?)");
+    }
+    tracing::info!("removing a stale {TUN_NAME} interface");
+    let status = std::process::Command::new("ip")
+        .args(["link", "delete", TUN_NAME])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        tracing::warn!("could not delete the stale {TUN_NAME}; creating it may fail");
+    }
+    Ok(())
+}
+
+/// The process, in this network namespace, with a TUN descriptor for `name` open: the
+/// kernel shows `iff:\t<name>` in such a descriptor's fdinfo.
+fn tun_holder_in_this_netns(name: &str) -> Option<u32> {
+    let me = std::process::id();
+    let my_ns = std::fs::read_link("/proc/self/ns/net").ok()?;
+    let needle = format!("iff:\t{name}\n");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ns = std::fs::read_link(entry.path().join("ns/net")).ok();
+        if pid == me || ns.as_ref() != Some(&my_ns) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_to_string(fd.path()).is_ok_and(|info| info.contains(&needle)) {
+                return Some(pid);
+            }
         }
     }
+    None
 }

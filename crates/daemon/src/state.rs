@@ -41,10 +41,14 @@ pub struct State {
 impl State {
     /// Opens (creating) the directory, mode 0700, and the database.
     pub async fn open(dir: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating the state directory {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {}", dir.display()))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir)
+                .with_context(|| format!("creating the state directory {}", dir.display()))?;
+            // Only a directory we made is narrowed; an existing one keeps its mode, and the
+            // secrets in it are 0600 either way.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", dir.display()))?;
+        }
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(dir.join(DB_FILE))
             .create_if_missing(true)
@@ -66,6 +70,28 @@ impl State {
             dir: dir.to_path_buf(),
             pool,
         })
+    }
+
+    /// Takes the state directory for this process: two daemons sharing one key and one
+    /// database would fight over the same party seat. Held until the returned lock drops.
+    pub fn lock(&self) -> anyhow::Result<StateLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = self.dir.join("daemon.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(StateLock(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+                "another LANrage daemon is using the state directory {}",
+                self.dir.display()
+            ),
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
     }
 
     /// The device key, created on first start.
@@ -106,7 +132,13 @@ impl State {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let value: String = row.try_get(0)?;
-        Ok(serde_json::from_str(&value).ok())
+        match serde_json::from_str(&value) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved membership is unreadable; ignoring it");
+                Ok(None)
+            }
+        }
     }
 
     /// Saves or clears the membership.
@@ -135,6 +167,9 @@ impl State {
         format!("sqlite://{}", self.dir.join("control.db").display())
     }
 }
+
+/// Exclusive use of a state directory, released on drop (or when the process dies).
+pub struct StateLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 /// Reads a secret file, or creates it with mode 0600; an existing file with looser
 /// permissions is tightened.
@@ -211,6 +246,21 @@ mod tests {
         assert_eq!(state.membership().await.expect("read"), Some(m));
         state.set_membership(None).await.expect("clear");
         assert_eq!(state.membership().await.expect("read"), None);
+    }
+
+    #[tokio::test]
+    async fn a_second_daemon_cannot_take_the_same_state_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(dir.path()).await.expect("open");
+        let held = state.lock().expect("first lock");
+        let Err(e) = state.lock() else {
+            panic!("a second lock on the same directory was granted");
+        };
+        assert!(e.to_string().contains("another LANrage daemon"), "{e}");
+        drop(held);
+        state
+            .lock()
+            .expect("free again after the first is released");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState};
 use crate::config::DaemonConfig;
 use crate::control_client::{ClientError, ControlClient};
-use crate::dataplane::{DataPlane, PeerConfig};
+use crate::dataplane::DataPlane;
 use crate::net;
 use crate::state::{Membership, State};
 
@@ -29,6 +29,8 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// WebSocket reconnect back-off bounds.
 const WS_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const WS_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A WebSocket silent this long is dead (the control plane pings every 20 s).
+const WS_SILENCE: Duration = Duration::from_secs(60);
 
 /// What the local API shows; written only by the supervisor.
 #[derive(Debug, Clone)]
@@ -114,6 +116,7 @@ pub async fn run(
         );
     }
     let state = State::open(&config.state_dir).await?;
+    let _lock = state.lock()?;
     let secret = state.device_key()?;
     let api_token = state.api_token()?;
     let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
@@ -125,7 +128,7 @@ pub async fn run(
     let (control_url, embedded) = match &config.control {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
-            let (url, stop, task) = start_embedded_control(&config, &state).await?;
+            let (url, stop, task) = start_embedded_control(&config, &state, key).await?;
             (url, Some((stop, task)))
         }
     };
@@ -207,17 +210,23 @@ pub async fn run(
 async fn start_embedded_control(
     config: &DaemonConfig,
     state: &State,
+    owner: DeviceKey,
 ) -> anyhow::Result<(String, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)> {
     let advertise = config
         .advertise
         .or_else(|| net::primary_addr().map(Into::into))
-        .unwrap_or(Ipv4Addr::LOCALHOST.into());
+        .unwrap_or_else(|| {
+            tracing::warn!("no network address found; invites will only work on this machine");
+            Ipv4Addr::LOCALHOST.into()
+        });
     let url = format!(
         "http://{}",
         SocketAddr::new(advertise, config.control_listen.port())
     );
     let mut cc = ControlConfig::new(state.control_db_url());
     cc.public_url = Some(url.clone());
+    // The port is open to the network so friends can join; only this device creates parties.
+    cc.creators = Some(vec![owner]);
     let control = Control::open(cc).await?;
     let listener = TcpListener::bind(config.control_listen)
         .await
@@ -244,12 +253,18 @@ fn default_player_name() -> String {
         .unwrap_or_else(|| "player".to_owned())
 }
 
-/// Events from a session's WebSocket task, tagged with the session's generation so events
+/// Events from a session's background tasks, tagged with the session's generation so events
 /// of an ended session are ignored.
 enum SessionEvent {
     Connected(u64),
     Disconnected(u64, String),
     Message(u64, ServerMessage),
+    /// The outcome of a background heartbeat, or of a join when `joined`.
+    Beat {
+        generation: u64,
+        joined: bool,
+        result: Result<PartyView, ClientError>,
+    },
 }
 
 struct Session {
@@ -258,8 +273,11 @@ struct Session {
     invite: InviteCode,
     player_name: String,
     view: Option<PartyView>,
-    /// The join has not been confirmed by the control plane yet (it was down at resume).
+    /// The join has not been confirmed by the control plane yet (it was down at resume, or
+    /// it forgot us).
     needs_join: bool,
+    /// A heartbeat or join is on its way; the next one waits for it.
+    beat_in_flight: bool,
     ws: JoinHandle<()>,
 }
 
@@ -267,6 +285,13 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.ws.abort();
     }
+}
+
+/// Control-plane answers after which a saved membership is gone for good; anything else
+/// (network trouble, a proxy's 4xx, a server error) is retried.
+fn is_final(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { code, .. }
+        if matches!(code.as_str(), "wrong_secret" | "banned" | "party_not_found" | "missing_secret"))
 }
 
 struct Supervisor {
@@ -300,14 +325,14 @@ impl Supervisor {
                 () = &mut shutdown => break,
                 Some(cmd) = cmds.recv() => self.command(cmd).await,
                 Some(ev) = events.recv() => self.event(ev).await,
-                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = heartbeat.tick() => self.beat(),
             }
         }
     }
 
     /// Restores the saved membership: the data plane comes up from the last known view at
-    /// once (so peers reconnect even if the control plane is down), then the join is
-    /// confirmed with the control plane.
+    /// once (so peers reconnect even if the control plane is down), and the join is
+    /// confirmed with the control plane in the background.
     async fn resume(&mut self) {
         let saved = match self.state.membership().await {
             Ok(Some(m)) => m,
@@ -325,7 +350,7 @@ impl Supervisor {
         tracing::info!(party = %invite.party, "rejoining the saved party");
         self.start_session(invite, saved.player_name, saved.last_view, true)
             .await;
-        self.confirm_join().await;
+        self.beat();
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -339,7 +364,13 @@ impl Supervisor {
                 let _ = reply.send(r);
             }
             Command::Leave(reply) => {
-                let r = self.leave().await;
+                let r = match self.session.is_some() {
+                    true => {
+                        self.leave_current().await;
+                        Ok(())
+                    }
+                    false => Err(LocalError::not_in_party()),
+                };
                 let _ = reply.send(r);
             }
             Command::Kick(who, reply) => {
@@ -361,10 +392,8 @@ impl Supervisor {
         }
     }
 
+    /// Creates a party; the current one (if any) is left only once the new one exists.
     async fn create(&mut self, req: CreateRequest) -> Result<InviteResponse, LocalError> {
-        if self.session.is_some() {
-            self.leave().await?;
-        }
         let player_name = req.player_name.unwrap_or_else(|| self.name.clone());
         let client = ControlClient::new(&self.control_url, self.secret.clone());
         let resp = client
@@ -377,9 +406,14 @@ impl Supervisor {
         let invite: InviteCode = resp.invite.parse().map_err(|e| {
             LocalError::new(502, format!("the control plane sent a bad invite: {e}"))
         })?;
+        if self.session.is_some() {
+            self.leave_current().await;
+        }
         self.enter(invite, player_name, resp.party).await
     }
 
+    /// Joins a party; the current one (if any) is left only once the join succeeded, so a
+    /// refused join leaves the player where they were.
     async fn join(
         &mut self,
         code: &str,
@@ -388,23 +422,32 @@ impl Supervisor {
         let invite: InviteCode = code
             .parse()
             .map_err(|e: lanrage_proto::InviteError| LocalError::new(400, e.to_string()))?;
-        if let Some(s) = &self.session {
-            if s.invite.party == invite.party && !s.needs_join {
-                return Ok(invite_response(s, &self.key));
-            }
-            self.leave().await?;
-        }
         let player_name = name.unwrap_or_else(|| self.name.clone());
+        let req = JoinPartyRequest {
+            secret: Some(invite.secret),
+            player_name: player_name.clone(),
+        };
+        if let Some(s) = &self.session
+            && s.invite.party == invite.party
+        {
+            if s.needs_join {
+                let view = s.client.join(invite.party, &req).await?.party;
+                if let Some(s) = &mut self.session {
+                    s.needs_join = false;
+                }
+                self.apply_view(view).await;
+            }
+            return self
+                .session
+                .as_ref()
+                .map(|s| invite_response(s, &self.key))
+                .ok_or_else(LocalError::not_in_party);
+        }
         let client = ControlClient::new(&invite.control_url, self.secret.clone());
-        let resp = client
-            .join(
-                invite.party,
-                &JoinPartyRequest {
-                    secret: Some(invite.secret),
-                    player_name: player_name.clone(),
-                },
-            )
-            .await?;
+        let resp = client.join(invite.party, &req).await?;
+        if self.session.is_some() {
+            self.leave_current().await;
+        }
         self.enter(invite, player_name, resp.party).await
     }
 
@@ -420,7 +463,7 @@ impl Supervisor {
             .await;
         if let Some(e) = self.dataplane_error.take() {
             // A member that cannot route would only black-hole its friends' packets.
-            let _ = self.leave().await;
+            self.leave_current().await;
             return Err(LocalError::new(500, e));
         }
         self.publish_candidates().await;
@@ -432,19 +475,19 @@ impl Supervisor {
             })
     }
 
-    async fn leave(&mut self) -> Result<(), LocalError> {
-        let Some(s) = &self.session else {
-            return Err(LocalError::not_in_party());
-        };
-        match s.client.leave(s.invite.party).await {
+    /// Leaves the current party: local teardown first (the player is out at once), then the
+    /// control plane is told; if it cannot be reached it drops the silent member by itself.
+    async fn leave_current(&mut self) {
+        let Some(s) = self.session.take() else { return };
+        let (client, party) = (s.client.clone(), s.invite.party);
+        drop(s);
+        self.end_session("left the party").await;
+        match client.leave(party).await {
             Ok(()) => {}
             Err(ClientError::Api { code, .. })
                 if code == "not_member" || code == "party_not_found" => {}
-            // Leaving always works locally; the control plane drops a silent member by itself.
-            Err(e) => tracing::warn!(error = %e, "leaving while the control plane is unreachable"),
+            Err(e) => tracing::warn!(error = %e, "left locally; the control plane was not told"),
         }
-        self.end_session("left the party").await;
-        Ok(())
     }
 
     async fn kick(&mut self, who: &str) -> Result<(), LocalError> {
@@ -482,6 +525,7 @@ impl Supervisor {
             player_name,
             view: None,
             needs_join,
+            beat_in_flight: false,
             ws,
         });
         if let Some(v) = view {
@@ -491,34 +535,36 @@ impl Supervisor {
         }
     }
 
-    /// Confirms (or re-establishes) membership with the control plane after a restart or
-    /// after the control plane forgot us.
-    async fn confirm_join(&mut self) {
-        let Some(s) = &self.session else { return };
+    /// Sends a heartbeat (or, if the membership is unconfirmed, a join) in the background;
+    /// the answer comes back as [`SessionEvent::Beat`], so a slow control plane never holds
+    /// up the player's commands.
+    fn beat(&mut self) {
+        let Some(s) = &mut self.session else { return };
+        if s.beat_in_flight {
+            return;
+        }
+        s.beat_in_flight = true;
+        let (client, party, generation, joined) =
+            (s.client.clone(), s.invite.party, s.generation, s.needs_join);
         let req = JoinPartyRequest {
             secret: Some(s.invite.secret),
             player_name: s.player_name.clone(),
         };
-        match s.client.join(s.invite.party, &req).await {
-            Ok(resp) => {
-                if let Some(s) = &mut self.session {
-                    s.needs_join = false;
-                }
-                self.apply_view(resp.party).await;
-                self.publish_candidates().await;
-            }
-            Err(e) if e.is_transient() => {
-                tracing::info!(error = %e, "control plane unreachable; will retry the join");
-                self.set_control(format!("unreachable: {e}")).await;
-                if let Some(s) = &mut self.session {
-                    s.needs_join = true;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the saved party refused this device; leaving it");
-                self.end_session(&e.to_string()).await;
-            }
-        }
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = if joined {
+                client.join(party, &req).await.map(|r| r.party)
+            } else {
+                client.heartbeat(party).await
+            };
+            let _ = tx
+                .send(SessionEvent::Beat {
+                    generation,
+                    joined,
+                    result,
+                })
+                .await;
+        });
     }
 
     async fn event(&mut self, ev: SessionEvent) {
@@ -527,7 +573,7 @@ impl Supervisor {
             SessionEvent::Connected(g) if Some(g) == current => {
                 self.set_control("connected".into()).await;
                 if self.session.as_ref().is_some_and(|s| s.needs_join) {
-                    self.confirm_join().await;
+                    self.beat();
                 }
             }
             SessionEvent::Disconnected(g, why) if Some(g) == current => {
@@ -553,36 +599,57 @@ impl Supervisor {
                         self.end_session(&reason).await;
                     }
                 }
-                ServerMessage::Signal { .. } => tracing::trace!("signal ignored: no ICE agent yet"),
+                ServerMessage::Signal { .. } => {
+                    tracing::trace!("signal ignored: no ICE agent yet")
+                }
                 ServerMessage::Error { error } => tracing::debug!(%error, "control plane error"),
             },
+            SessionEvent::Beat {
+                generation,
+                joined,
+                result,
+            } if Some(generation) == current => self.beat_done(joined, result).await,
             _ => {} // from an ended session
         }
     }
 
-    async fn heartbeat(&mut self) {
-        let Some(s) = &self.session else { return };
-        if s.needs_join {
-            self.confirm_join().await;
-            return;
+    async fn beat_done(&mut self, joined: bool, result: Result<PartyView, ClientError>) {
+        if let Some(s) = &mut self.session {
+            s.beat_in_flight = false;
         }
-        match s.client.heartbeat(s.invite.party).await {
+        match result {
             Ok(view) => {
+                if joined && let Some(s) = &mut self.session {
+                    s.needs_join = false;
+                    tracing::info!(party = %s.invite.party, "membership confirmed");
+                }
                 self.apply_view(view).await;
                 self.publish_candidates().await;
             }
-            Err(ClientError::Api { code, .. })
-                if code == "not_member" || code == "party_not_found" =>
-            {
-                // Removed while away (or the control plane lost its data): join again; the
-                // control plane gives the same address back.
-                self.confirm_join().await;
+            Err(e) if joined && is_final(&e) => {
+                tracing::warn!(error = %e, "the saved party refused this device; leaving it");
+                self.end_session(&e.to_string()).await;
             }
-            Err(e) => self.set_control(format!("unreachable: {e}")).await,
+            Err(ClientError::Api { code, .. })
+                if !joined && (code == "not_member" || code == "party_not_found") =>
+            {
+                // Removed while away: join again at once (the same address comes back);
+                // if the party itself is gone, that join says so and the session ends.
+                if let Some(s) = &mut self.session {
+                    s.needs_join = true;
+                }
+                self.beat();
+            }
+            Err(e) => {
+                if joined {
+                    tracing::info!(error = %e, "could not confirm the membership; will retry");
+                }
+                self.set_control(format!("unreachable: {e}")).await;
+            }
         }
     }
 
-    /// Makes the data plane match a party view.
+    /// Makes the data plane match a party view, after checking it is safe to configure.
     async fn apply_view(&mut self, view: PartyView) {
         let Some(s) = &mut self.session else { return };
         if s.view
@@ -591,27 +658,24 @@ impl Supervisor {
         {
             return; // an older view arriving late
         }
-        let Some(me) = view.members.iter().find(|m| m.public_key == self.key) else {
-            tracing::info!("this device is no longer a member of the party");
-            self.end_session("no longer a member").await;
-            return;
+        let checked = match lanrage_core::party::check_view(&view, &self.key) {
+            Ok(c) => c,
+            Err(lanrage_core::party::ViewError::NotMember) => {
+                tracing::info!("this device is no longer a member of the party");
+                self.end_session("no longer a member").await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "refusing a party view from the control plane");
+                self.dataplane_error = Some(format!("the control plane sent an unsafe party: {e}"));
+                return;
+            }
         };
-        let prefix = view
-            .network
-            .split_once('/')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(16);
-        let peers = view
-            .members
-            .iter()
-            .filter(|m| m.public_key != self.key)
-            .map(|m| PeerConfig {
-                key: m.public_key,
-                virtual_ip: m.virtual_ip,
-                candidates: m.candidates.clone(),
-            })
-            .collect();
-        if let Err(e) = self.dataplane.set_party(me.virtual_ip, prefix, peers).await {
+        if let Err(e) = self
+            .dataplane
+            .set_party(checked.local_ip, checked.prefix, checked.peers)
+            .await
+        {
             let e = format!("{e:#}");
             tracing::error!(error = %e, "could not configure the data plane");
             self.dataplane_error = Some(e);
@@ -697,7 +761,11 @@ async fn ws_loop(client: ControlClient, generation: u64, tx: mpsc::Sender<Sessio
                         return;
                     }
                     loop {
-                        match stream.next().await {
+                        // The server pings every 20 s; three missed pings mean it is gone.
+                        let Ok(next) = tokio::time::timeout(WS_SILENCE, stream.next()).await else {
+                            break "no word from the control plane for 60 s".to_owned();
+                        };
+                        match next {
                             Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
                                 match serde_json::from_str::<ServerMessage>(&text) {
                                     Ok(msg) => {

@@ -39,6 +39,10 @@ impl Pair {
             a_tun: Vec::new(),
             b_tun: Vec::new(),
         };
+        pair.a.set_local(Some((A_IP, 16)));
+        pair.b.set_local(Some((B_IP, 16)));
+        pair.a.set_probing(false);
+        pair.b.set_probing(false);
         let (ka, kb) = (pair.a.public_key(), pair.b.public_key());
         pair.a.upsert_peer(kb, B_IP, vec![b_addr], now);
         pair.b.upsert_peer(ka, A_IP, vec![a_addr], now);
@@ -46,8 +50,8 @@ impl Pair {
     }
 
     fn with_probes(mut self) -> Self {
-        self.a.set_local_ip(Some(A_IP));
-        self.b.set_local_ip(Some(B_IP));
+        self.a.set_probing(true);
+        self.b.set_probing(true);
         self
     }
 
@@ -179,6 +183,32 @@ fn inner_source_must_be_the_peers_virtual_ip() {
     pair.drive(Duration::from_millis(100));
     assert_eq!(pair.b_tun.len(), 1);
     assert_eq!(pair.b.counters().dropped_spoofed, 1);
+}
+
+#[test]
+fn packets_for_other_destinations_are_dropped() {
+    let mut pair = Pair::new(Duration::from_millis(1));
+    pair.a_sends(b"legit");
+    pair.drive(Duration::from_millis(100));
+    // A tries to use B as a router into B's other networks.
+    for dst in [Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(10, 66, 0, 3)] {
+        let p = udp_packet(A_IP, dst, b"sneaky");
+        let kb = pair.b.public_key();
+        pair.a.send_to_peer(kb, &p, pair.now);
+    }
+    // Party broadcast, limited broadcast and multicast are LAN traffic and pass.
+    for dst in [
+        Ipv4Addr::new(10, 66, 255, 255),
+        Ipv4Addr::BROADCAST,
+        Ipv4Addr::new(224, 0, 0, 251),
+    ] {
+        let p = udp_packet(A_IP, dst, b"lobby");
+        let kb = pair.b.public_key();
+        pair.a.send_to_peer(kb, &p, pair.now);
+    }
+    pair.drive(Duration::from_millis(100));
+    assert_eq!(pair.b.counters().dropped_wrong_destination, 2);
+    assert_eq!(pair.b_tun.len(), 4);
 }
 
 #[test]
