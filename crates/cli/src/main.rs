@@ -126,6 +126,7 @@ enum PartyCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    lanrage_daemon::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

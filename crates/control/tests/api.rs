@@ -79,7 +79,12 @@ impl Server {
         }));
         Self {
             api: Api {
-                http: reqwest::Client::new(),
+                http: {
+                    // reqwest is built with rustls and no default provider (one TLS stack
+                    // for the whole build); the tests speak plain HTTP but need one set.
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                    reqwest::Client::new()
+                },
                 addr,
             },
             control,

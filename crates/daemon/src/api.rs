@@ -292,6 +292,7 @@ mod tests {
     /// Serves the API on a loopback port with a supervisor stand-in that answers every
     /// command; returns the address.
     async fn serve_api() -> SocketAddr {
+        crate::install_tls_provider();
         let secret = StaticSecret::from([5u8; 32]);
         let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
         let (dataplane, _task) = DataPlane::start(secret, 0, 1420).await.expect("data plane");

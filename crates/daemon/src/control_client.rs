@@ -49,6 +49,7 @@ pub struct ControlClient {
 impl ControlClient {
     pub fn new(base: &str, secret: StaticSecret) -> Self {
         let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
+        crate::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(REQUEST_TIMEOUT)
@@ -267,5 +268,36 @@ fn short_reason(e: &reqwest::Error) -> String {
         "connection refused or no route".into()
     } else {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `https://` control planes go through rustls; a server that does not speak TLS is a
+    /// clear "cannot reach" error, not a panic about a missing crypto provider.
+    #[tokio::test]
+    async fn https_to_a_plain_server_is_a_clear_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let client = ControlClient::new(&format!("https://{addr}"), StaticSecret::from([3u8; 32]));
+        let err = client.token().await.expect_err("no TLS there");
+        assert!(
+            matches!(err, ClientError::Unreachable { .. }),
+            "unexpected error: {err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("cannot reach the control plane at https://")
+        );
     }
 }

@@ -19,3 +19,10 @@ mod supervisor;
 
 pub use config::{DaemonConfig, default_state_dir};
 pub use supervisor::{Ready, run};
+
+/// Makes rustls (on ring, the one crypto library in the build) the TLS provider for
+/// `https://` control planes. Idempotent; call before building any HTTP client.
+pub fn install_tls_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
