@@ -36,26 +36,32 @@ pub fn classify(datagram: &[u8]) -> PacketClass {
     let Some(&first) = datagram.first() else {
         return PacketClass::Unknown;
     };
+    if is_wireguard(first, datagram) {
+        return PacketClass::WireGuard;
+    }
     match first {
-        1..=4 if datagram.len() >= 4 && datagram[1..4] == [0, 0, 0] => {
-            let min = WG_MIN_LEN[usize::from(first - 1)];
-            let exact = first != 4;
-            let ok = if exact {
-                datagram.len() == min
-            } else {
-                datagram.len() >= min
-            };
-            if ok {
-                PacketClass::WireGuard
-            } else {
-                PacketClass::Unknown
-            }
-        }
-        0x00..=0x03 if datagram.len() >= STUN_HEADER_LEN && datagram[4..8] == STUN_MAGIC_COOKIE => {
+        0x00..=0x03
+            if datagram.len() >= STUN_HEADER_LEN && datagram[4..8] == STUN_MAGIC_COOKIE =>
+        {
             PacketClass::Stun
         }
         0x40..=0x7F if datagram.len() >= CHANNEL_DATA_HEADER_LEN => PacketClass::ChannelData,
         _ => PacketClass::Unknown,
+    }
+}
+
+/// WireGuard: type 1–4, three zero bytes, and the exact size of that message type (at
+/// least the minimum for transport data). A STUN header can share the first four bytes
+/// (e.g. type 0x0100 with length 0), but never the size and the cookie at once.
+fn is_wireguard(first: u8, datagram: &[u8]) -> bool {
+    if !(1..=4).contains(&first) || datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
+        return false;
+    }
+    let min = WG_MIN_LEN[usize::from(first - 1)];
+    if first == 4 {
+        datagram.len() >= min
+    } else {
+        datagram.len() == min
     }
 }
 
@@ -101,6 +107,15 @@ mod tests {
         stun[4] = 0;
         assert_eq!(classify(&stun), PacketClass::Unknown);
         assert_eq!(classify(&stun[..19]), PacketClass::Unknown);
+    }
+
+    #[test]
+    fn stun_that_starts_like_a_wireguard_header_is_still_stun() {
+        // Type 0x0100 (class bits set on method 0), length 0: bytes 1..4 are zero.
+        let mut stun = vec![0x01, 0x00, 0x00, 0x00];
+        stun.extend_from_slice(&STUN_MAGIC_COOKIE);
+        stun.extend_from_slice(&[9; 12]);
+        assert_eq!(classify(&stun), PacketClass::Stun);
     }
 
     #[test]
