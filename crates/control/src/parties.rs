@@ -64,7 +64,7 @@ impl Service {
 
     // ---------------------------------------------------------------- auth
 
-    pub fn challenge(&self, device: DeviceKey) -> Result<ChallengeResponse, ApiError> {
+    pub fn challenge(&self, device: DeviceKey) -> ChallengeResponse {
         self.challenges.issue(device)
     }
 

@@ -148,7 +148,7 @@ async fn challenge(
     State(svc): Svc,
     ApiJson(req): ApiJson<ChallengeRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(svc.challenge(req.public_key)?).into_response())
+    Ok(Json(svc.challenge(req.public_key)).into_response())
 }
 
 async fn token(State(svc): Svc, ApiJson(req): ApiJson<TokenRequest>) -> Result<Response, ApiError> {

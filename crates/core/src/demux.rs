@@ -40,9 +40,7 @@ pub fn classify(datagram: &[u8]) -> PacketClass {
         return PacketClass::WireGuard;
     }
     match first {
-        0x00..=0x03
-            if datagram.len() >= STUN_HEADER_LEN && datagram[4..8] == STUN_MAGIC_COOKIE =>
-        {
+        0x00..=0x03 if datagram.len() >= STUN_HEADER_LEN && datagram[4..8] == STUN_MAGIC_COOKIE => {
             PacketClass::Stun
         }
         0x40..=0x7F if datagram.len() >= CHANNEL_DATA_HEADER_LEN => PacketClass::ChannelData,
