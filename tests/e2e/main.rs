@@ -82,14 +82,18 @@ fn three_players_share_one_virtual_lan() {
         }
     }
     lab.spawn_in(1, "iperf3", &["-s", "-1", "-B", "10.66.0.1"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = harness::must(Lab::in_ns(&lab.player_ns(2), "iperf3").args([
-        "-c",
-        "10.66.0.1",
-        "-t",
-        "3",
-        "-J",
-    ]));
+    // The server needs a moment to listen; a refused connection is retried, bounded.
+    let out = wait_for(Duration::from_secs(5), || {
+        let out = harness::run(Lab::in_ns(&lab.player_ns(2), "iperf3").args([
+            "-c",
+            "10.66.0.1",
+            "-t",
+            "3",
+            "-J",
+        ]));
+        out.status.success().then_some(out)
+    })
+    .expect("iperf3 through the tunnel did not complete");
     let report: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
     let bps = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
