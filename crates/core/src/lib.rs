@@ -5,6 +5,7 @@ pub mod auth;
 pub mod demux;
 pub mod packet;
 pub mod party;
+pub mod stun;
 pub mod wg;
 
 pub use demux::{PacketClass, classify};
