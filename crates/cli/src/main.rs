@@ -27,6 +27,8 @@ enum Cmd {
     Up(UpArgs),
     /// Run a control-plane server.
     Control(ControlArgs),
+    /// Run a relay: today a STUN server, so players learn their public address and NAT type.
+    Relay(RelayArgs),
     /// Create, join and manage a party.
     Party {
         #[command(subcommand)]
@@ -92,6 +94,19 @@ struct ControlArgs {
     network: lanrage_control::PartyNetwork,
 }
 
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// UDP address to serve STUN on; repeat it with a second IP (and port) so daemons can
+    /// classify their NAT (RFC 5780).
+    #[arg(
+        long,
+        env = "LANRAGE_RELAY_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:3478"
+    )]
+    listen: Vec<SocketAddr>,
+}
+
 #[derive(Subcommand)]
 enum PartyCmd {
     /// Create a party and print its invite code.
@@ -151,6 +166,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up(args) => up(args).await,
         Cmd::Control(args) => control(args).await,
+        Cmd::Relay(args) => {
+            init_logging();
+            lanrage_relay::serve(&args.listen, shutdown_signal()).await
+        }
         Cmd::Party { action, local } => {
             let c = client::LocalClient::new(&local);
             match action {
