@@ -72,6 +72,10 @@ struct UpArgs {
     /// Your player name (default: the host name).
     #[arg(long, env = "LANRAGE_NAME")]
     name: Option<String>,
+    /// STUN server HOST:PORT for the public address and NAT type; repeat for two servers on
+    /// different IPs (needed to classify the NAT).
+    #[arg(long, env = "LANRAGE_STUN", value_delimiter = ',')]
+    stun: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -212,6 +216,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.control_listen = args.control_listen;
     config.advertise = args.advertise;
     config.player_name = args.name;
+    for server in &args.stun {
+        let addr = tokio::net::lookup_host(server.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.find(std::net::SocketAddr::is_ipv4))
+            .ok_or_else(|| {
+                anyhow::anyhow!("cannot resolve the STUN server {server:?} (HOST:PORT)")
+            })?;
+        config.stun.push(addr);
+    }
     lanrage_daemon::run(config, shutdown_signal(), |ready| {
         println!("LANrage is up.");
         println!("  local API (web UI):  http://{}", ready.api);

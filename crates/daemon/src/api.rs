@@ -15,7 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanrage_proto::local::{
     API_TOKEN_HEADER, CreateRequest, JoinRequest, KickRequest, LocalError as ErrorBody,
-    LockRequest, MemberStatus, PartyStatus, PathKind, Status, WireguardPeer, WireguardStatus,
+    LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind, Status, WireguardPeer,
+    WireguardStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, mpsc, oneshot};
@@ -180,7 +181,19 @@ async fn status(State(st): State<ApiState>) -> Response {
                 .collect(),
         }
     });
+    let nat = dp.nat.as_ref().map(|n| NatStatus {
+        mapping: serde_json::to_value(n.mapping)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        // Filtering needs a server that can answer from another address (RFC 5780
+        // CHANGE-REQUEST); until the relay does, it is not claimed.
+        filtering: "unknown".to_owned(),
+        public_addr: n.public_addr,
+        port_preserved: n.port_preserved,
+    });
     let body = Status {
+        nat,
         virtual_ip,
         public_key: me,
         name: shared.name,
@@ -295,7 +308,9 @@ mod tests {
         crate::install_tls_provider();
         let secret = StaticSecret::from([5u8; 32]);
         let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
-        let (dataplane, _task) = DataPlane::start(secret, 0, 1420).await.expect("data plane");
+        let (dataplane, _task) = DataPlane::start(secret, 0, 1420, Vec::new())
+            .await
+            .expect("data plane");
         let shared = Arc::new(RwLock::new(Shared {
             key,
             name: "tester".into(),

@@ -20,6 +20,8 @@ pub struct DaemonConfig {
     pub advertise: Option<IpAddr>,
     /// Player name shown to the party; default: the host name.
     pub player_name: Option<String>,
+    /// STUN servers for the public address and NAT classification.
+    pub stun: Vec<SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -37,6 +39,7 @@ impl DaemonConfig {
             control_listen: SocketAddr::from(([0, 0, 0, 0], lanrage_proto::DEFAULT_CONTROL_PORT)),
             advertise: None,
             player_name: None,
+            stun: Vec::new(),
         }
     }
 }

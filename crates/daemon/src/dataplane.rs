@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use gotatun::x25519::StaticSecret;
+use lanrage_core::stun::{NatProbe, NatReport};
 use lanrage_core::{Node, PacketClass, PeerStats, classify};
 use lanrage_proto::DeviceKey;
 use tokio::net::UdpSocket;
@@ -20,6 +21,9 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 pub const TUN_NAME: &str = "lanrage0";
 /// Largest datagram read: a 1500-byte underlay plus slack for jumbo frames.
 const RECV_BUF: usize = 65_536;
+/// How often the NAT is probed again (public addresses and mappings change: DHCP, roaming,
+/// router reboots).
+const NAT_REPROBE: std::time::Duration = std::time::Duration::from_secs(300);
 /// Packets taken from one ready source before the others get a turn; draining a burst in
 /// one go saves a task wake-up per packet.
 const BATCH: usize = 64;
@@ -31,6 +35,8 @@ pub use lanrage_core::party::CheckedPeer as PeerConfig;
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub peers: Vec<PeerStats>,
+    /// The last NAT probe's result (`None` without STUN servers or before the first).
+    pub nat: Option<NatReport>,
     pub dropped_spoofed: u64,
     pub interface: Option<String>,
 }
@@ -65,6 +71,7 @@ impl DataPlane {
         secret: StaticSecret,
         port: u16,
         mtu: u16,
+        stun_servers: Vec<SocketAddr>,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
         let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
             .await
@@ -76,6 +83,7 @@ impl DataPlane {
         let mut node = Node::new(secret, seed, Instant::now());
         node.set_mtu(mtu);
         let (tx, rx) = mpsc::channel(16);
+        let now = Instant::now();
         let task = Task {
             node,
             socket: Arc::new(socket),
@@ -83,6 +91,11 @@ impl DataPlane {
             mtu,
             rx,
             counted_other: 0,
+            probe: (!stun_servers.is_empty())
+                .then(|| NatProbe::new(&stun_servers, port, seed ^ 0x5354_554e, now)),
+            next_probe: now + NAT_REPROBE,
+            stun_servers,
+            nat: None,
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -135,8 +148,13 @@ struct Task {
     tun: Option<Tun>,
     mtu: u16,
     rx: mpsc::Receiver<Command>,
-    /// STUN / ChannelData / unknown datagrams: no consumer yet.
+    /// ChannelData / unknown datagrams, and STUN no one asked for: no consumer yet.
     counted_other: u64,
+    stun_servers: Vec<SocketAddr>,
+    /// The NAT probe round in progress.
+    probe: Option<NatProbe>,
+    next_probe: Instant,
+    nat: Option<NatReport>,
 }
 
 impl Task {
@@ -144,7 +162,7 @@ impl Task {
         let mut udp_buf = vec![0u8; RECV_BUF];
         let mut tun_buf = vec![0u8; RECV_BUF];
         loop {
-            let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
+            let deadline = tokio::time::Instant::from_std(self.poll_timeout());
             tokio::select! {
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -180,16 +198,63 @@ impl Task {
                         self.tun = None;
                     }
                 },
-                () = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
+                () = tokio::time::sleep_until(deadline) => self.timeout(Instant::now()),
             }
             self.flush().await;
         }
         tracing::debug!("data plane stopped");
     }
 
+    fn poll_timeout(&self) -> Instant {
+        let node = self.node.poll_timeout();
+        let stun = match &self.probe {
+            Some(p) => p.poll_timeout().unwrap_or(node),
+            None if self.stun_servers.is_empty() => node,
+            None => self.next_probe,
+        };
+        node.min(stun)
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+        if self.probe.is_none() && !self.stun_servers.is_empty() && now >= self.next_probe {
+            let seed = rand::random();
+            self.probe = Some(NatProbe::new(
+                &self.stun_servers,
+                self.local_port(),
+                seed,
+                now,
+            ));
+        }
+        if let Some(p) = &mut self.probe {
+            p.handle_timeout(now);
+        }
+        self.finish_probe(now);
+    }
+
+    fn local_port(&self) -> u16 {
+        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    fn finish_probe(&mut self, now: Instant) {
+        let Some(report) = self.probe.as_ref().and_then(NatProbe::report) else {
+            return;
+        };
+        tracing::info!(mapping = ?report.mapping, public = ?report.public_addr, "NAT probed");
+        self.nat = Some(report);
+        self.probe = None;
+        self.next_probe = now + NAT_REPROBE;
+    }
+
     fn datagram(&mut self, data: &[u8], from: SocketAddr) {
         match classify(data) {
             PacketClass::WireGuard => self.node.handle_datagram(from, data, Instant::now()),
+            PacketClass::Stun if self.probe.is_some() => {
+                if let Some(p) = &mut self.probe {
+                    p.handle_response(from, data);
+                }
+                self.finish_probe(Instant::now());
+            }
             PacketClass::Stun | PacketClass::ChannelData | PacketClass::Unknown => {
                 self.counted_other += 1;
                 tracing::trace!(len = data.len(), "datagram with no consumer dropped");
@@ -198,6 +263,11 @@ impl Task {
     }
 
     async fn flush(&mut self) {
+        while let Some((dst, bytes)) = self.probe.as_mut().and_then(NatProbe::poll_transmit) {
+            if let Err(e) = self.socket.send_to(&bytes, dst).await {
+                tracing::debug!(error = %e, %dst, "STUN request not sent");
+            }
+        }
         while let Some(t) = self.node.poll_transmit() {
             let sent = match self.socket.try_send_to(&t.payload, t.dst) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -261,6 +331,7 @@ impl Task {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(Snapshot {
+                    nat: self.nat.clone(),
                     peers: self.node.peer_stats(now),
                     dropped_spoofed: self.node.counters().dropped_spoofed,
                     interface: self.tun.as_ref().map(|_| TUN_NAME.to_owned()),

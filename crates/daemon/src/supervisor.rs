@@ -132,7 +132,8 @@ pub async fn run(
             (url, Some((stop, task)))
         }
     };
-    let (dataplane, dp_task) = DataPlane::start(secret.clone(), config.port, config.mtu).await?;
+    let (dataplane, dp_task) =
+        DataPlane::start(secret.clone(), config.port, config.mtu, config.stun.clone()).await?;
     let shared = Arc::new(RwLock::new(Shared {
         key,
         name: name.clone(),
@@ -691,7 +692,14 @@ impl Supervisor {
     async fn publish_candidates(&mut self) {
         let Some(s) = &self.session else { return };
         let Some(view) = &s.view else { return };
-        let mine = net::host_candidates(self.dataplane.port);
+        let mut mine = net::host_candidates(self.dataplane.port);
+        // The server-reflexive address: behind an endpoint-independent NAT, peers that
+        // send to it at the same time as we send to theirs open the way both directions.
+        if let Some(public) = self.dataplane.stats().await.nat.and_then(|n| n.public_addr)
+            && !mine.contains(&public)
+        {
+            mine.push(public);
+        }
         let published = view
             .members
             .iter()

@@ -46,6 +46,20 @@ pub struct Status {
     pub control: String,
     pub party: Option<PartyStatus>,
     pub wireguard: WireguardStatus,
+    /// What the STUN servers saw (`None` without `--stun` or before the first answer).
+    pub nat: Option<NatStatus>,
+}
+
+/// This device's NAT as classified through STUN (RFC 4787 terms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NatStatus {
+    /// `endpoint_independent`, `address_dependent`, `address_and_port_dependent`,
+    /// `endpoint_dependent` (dependent, granularity unknown) or `unknown`.
+    pub mapping: String,
+    /// `unknown` until a server can test it.
+    pub filtering: String,
+    pub public_addr: Option<SocketAddr>,
+    pub port_preserved: Option<bool>,
 }
 
 /// The party this daemon is in.
