@@ -396,3 +396,77 @@ fn sigterm_removes_the_interface_and_keeps_the_membership() {
     let s = lab.wait_direct(2, &["p1"], Duration::from_secs(10));
     assert_eq!(vip(&s), ip);
 }
+
+mod natlab;
+
+/// Two players behind endpoint-independent NATs with home-router firewalls: STUN finds each
+/// one's public address, both publish it, and their simultaneous handshakes open a direct
+/// path through both NATs (no port forwarding, no relay).
+#[test]
+fn cone_nats_are_classified_and_traversed_directly() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::new("cone", Nat::Cone, Nat::Cone);
+    lab.start_servers();
+    lab.start_player("pA");
+    lab.start_player("pB");
+    for (p, public) in [("pA", "198.51.100.2:51820"), ("pB", "192.0.2.2:51820")] {
+        let nat = wait_for(Duration::from_secs(10), || {
+            let s = lab.try_status(p)?;
+            (!s["nat"].is_null()).then(|| s["nat"].clone())
+        })
+        .unwrap_or_else(|| panic!("{p} never classified its NAT: {}", lab.log(p)));
+        assert_eq!(nat["mapping"], "endpoint_independent", "{p}: {nat}");
+        assert_eq!(nat["public_addr"], public, "{p}: {nat}");
+        assert_eq!(nat["port_preserved"], true);
+    }
+    let out = lab.cli("pA", &["party", "create", "behind nat"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = lab.cli("pB", &["party", "join", &invite]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let direct = wait_for(Duration::from_secs(20), || {
+        let s = lab.try_status("pB")?;
+        let m = &s["party"]["members"][0];
+        (m["path"] == "direct").then(|| m["endpoint"].clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no direct path through the NATs: {:#}\n{}",
+            lab.try_status("pB").unwrap_or_default(),
+            lab.log("pB")
+        )
+    });
+    // The peer is reached at its router's public address: the path crosses both NATs.
+    assert_eq!(direct, "198.51.100.2:51820");
+    assert_eq!(lab.ping_loss("pB", "10.66.0.1", 20), 0.0);
+    assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
+}
+
+/// A symmetric NAT (random port per destination) is recognised as endpoint-dependent.
+#[test]
+fn a_symmetric_nat_is_classified_as_endpoint_dependent() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::new("sym", Nat::Cone, Nat::Symmetric);
+    lab.start_servers();
+    lab.start_player("pB");
+    let nat = wait_for(Duration::from_secs(10), || {
+        let s = lab.try_status("pB")?;
+        (!s["nat"].is_null()).then(|| s["nat"].clone())
+    })
+    .unwrap_or_else(|| panic!("pB never classified its NAT: {}", lab.log("pB")));
+    assert_eq!(nat["mapping"], "endpoint_dependent", "{nat}");
+    assert!(
+        nat["public_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("192.0.2.2:")),
+        "{nat}"
+    );
+}

@@ -1,0 +1,302 @@
+//! Players behind real Linux NAT routers, after the shared testbed's topology:
+//!
+//! ```text
+//!   srv 203.0.113.10 + .11 (control plane, STUN on both)
+//!          │
+//!        inet (plain router)
+//!      ┌───┴───┐
+//!   rA wan 198.51.100.2   rB wan 192.0.2.2      (NAT + home-router firewall)
+//!   pA 192.168.1.2         pB 192.168.2.2
+//! ```
+//!
+//! Every link is a veth created inside the namespaces; `Drop` removes them all.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{BIN, Lab, must, require_root_and_tools, run, wait_for};
+
+/// A router's NAT behaviour (RFC 4787 terms in the comments).
+#[derive(Debug, Clone, Copy)]
+pub enum Nat {
+    /// MASQUERADE: endpoint-independent mapping, address-and-port-dependent filtering.
+    Cone,
+    /// MASQUERADE --random-fully: address-and-port-dependent mapping ("symmetric").
+    Symmetric,
+}
+
+pub struct NatLab {
+    prefix: String,
+    pub dir: tempfile::TempDir,
+    procs: Vec<Child>,
+}
+
+pub const SRV1: &str = "203.0.113.10";
+pub const SRV2: &str = "203.0.113.11";
+
+impl NatLab {
+    pub fn new(name: &str, a: Nat, b: Nat) -> Self {
+        require_root_and_tools();
+        let has_iptables = run(Command::new("sh").args(["-c", "command -v iptables"]))
+            .status
+            .success();
+        assert!(
+            has_iptables,
+            "the NAT tests need iptables (apt-get install iptables)"
+        );
+        let lab = Self {
+            prefix: format!("lrn{}-{name}", std::process::id() % 100_000),
+            dir: tempfile::tempdir().expect("temp dir"),
+            procs: Vec::new(),
+        };
+        for ns in ["inet", "srv", "rA", "rB", "pA", "pB"] {
+            must(Command::new("ip").args(["netns", "add", &lab.ns(ns)]));
+            lab.x(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        lab.link("inet", "srv", "srv", "eth0");
+        lab.link("inet", "ra", "rA", "wan0");
+        lab.link("inet", "rb", "rB", "wan0");
+        lab.link("rA", "lan0", "pA", "eth0");
+        lab.link("rB", "lan0", "pB", "eth0");
+        for (ns, dev, addr) in [
+            ("inet", "srv", "203.0.113.1/24"),
+            ("inet", "ra", "198.51.100.1/24"),
+            ("inet", "rb", "192.0.2.1/24"),
+            ("srv", "eth0", "203.0.113.10/24"),
+            ("srv", "eth0", "203.0.113.11/24"),
+            ("rA", "wan0", "198.51.100.2/24"),
+            ("rB", "wan0", "192.0.2.2/24"),
+            ("rA", "lan0", "192.168.1.1/24"),
+            ("rB", "lan0", "192.168.2.1/24"),
+            ("pA", "eth0", "192.168.1.2/24"),
+            ("pB", "eth0", "192.168.2.2/24"),
+        ] {
+            lab.x(ns, &["ip", "addr", "add", addr, "dev", dev]);
+        }
+        for (ns, gw) in [
+            ("srv", "203.0.113.1"),
+            ("rA", "198.51.100.1"),
+            ("rB", "192.0.2.1"),
+            ("pA", "192.168.1.1"),
+            ("pB", "192.168.2.1"),
+        ] {
+            lab.x(ns, &["ip", "route", "add", "default", "via", gw]);
+        }
+        for ns in ["inet", "rA", "rB"] {
+            lab.x(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
+        lab.router("rA", a);
+        lab.router("rB", b);
+        lab
+    }
+
+    fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Runs a command in a namespace; it must succeed.
+    pub fn x(&self, ns: &str, args: &[&str]) {
+        must(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns(ns)])
+                .args(args),
+        );
+    }
+
+    fn link(&self, a: &str, a_dev: &str, b: &str, b_dev: &str) {
+        let (na, nb) = (self.ns(a), self.ns(b));
+        must(Command::new("ip").args([
+            "-n", &na, "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", &nb,
+        ]));
+        must(Command::new("ip").args(["-n", &na, "link", "set", a_dev, "up"]));
+        must(Command::new("ip").args(["-n", &nb, "link", "set", b_dev, "up"]));
+    }
+
+    /// A home router: NAT on wan0, a stateful firewall that drops unsolicited inbound.
+    fn router(&self, r: &str, nat: Nat) {
+        let ipt = |args: &[&str]| {
+            let mut full = vec!["iptables", "-w"];
+            full.extend_from_slice(args);
+            self.x(r, &full);
+        };
+        ipt(&["-P", "FORWARD", "DROP"]);
+        ipt(&[
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
+        ipt(&["-A", "FORWARD", "-i", "lan0", "-o", "wan0", "-j", "ACCEPT"]);
+        ipt(&[
+            "-A",
+            "INPUT",
+            "-i",
+            "wan0",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
+        ipt(&["-A", "INPUT", "-i", "wan0", "-j", "DROP"]);
+        match nat {
+            Nat::Cone => ipt(&[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan0",
+                "-j",
+                "MASQUERADE",
+            ]),
+            Nat::Symmetric => ipt(&[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan0",
+                "-j",
+                "MASQUERADE",
+                "--random-fully",
+            ]),
+        }
+    }
+
+    fn spawn(&mut self, ns: &str, log: &str, args: &[&str]) {
+        let file = std::fs::File::create(self.dir.path().join(format!("{log}.log"))).expect("log");
+        let err = file.try_clone().expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), BIN])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        self.procs.push(child);
+    }
+
+    /// Control plane and STUN on the public server.
+    pub fn start_servers(&mut self) {
+        let db = format!("sqlite://{}", self.dir.path().join("control.db").display());
+        self.spawn(
+            "srv",
+            "control",
+            &[
+                "control",
+                "--listen",
+                &format!("{SRV1}:8667"),
+                "--database",
+                &db,
+            ],
+        );
+        self.spawn(
+            "srv",
+            "relay",
+            &["relay", "--listen", &format!("{SRV1}:3478,{SRV2}:3478")],
+        );
+        let ns = self.ns("srv");
+        let up = wait_for(Duration::from_secs(10), || {
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &ns,
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{SRV1}/8667"),
+            ]))
+            .status
+            .success()
+            .then_some(())
+        });
+        assert!(up.is_some(), "control plane did not start");
+    }
+
+    pub fn state_dir(&self, player: &str) -> PathBuf {
+        self.dir.path().join(player)
+    }
+
+    /// A player's daemon with STUN on both server addresses.
+    pub fn start_player(&mut self, player: &str) {
+        let dir = self.state_dir(player).display().to_string();
+        let stun = format!("{SRV1}:3478,{SRV2}:3478");
+        let control = format!("http://{SRV1}:8667");
+        self.spawn(
+            player,
+            player,
+            &[
+                "up",
+                "--control",
+                &control,
+                "--stun",
+                &stun,
+                "--state-dir",
+                &dir,
+                "--name",
+                player,
+            ],
+        );
+        let ok = wait_for(Duration::from_secs(10), || self.try_status(player));
+        assert!(ok.is_some(), "daemon {player} did not come up");
+    }
+
+    pub fn cli(&self, player: &str, args: &[&str]) -> std::process::Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.ns(player), BIN])
+            .args(args)
+            .args(["--state-dir", &self.state_dir(player).display().to_string()]))
+    }
+
+    pub fn try_status(&self, player: &str) -> Option<Value> {
+        let out = self.cli(player, &["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    pub fn ping_loss(&self, player: &str, ip: &str, count: u32) -> f64 {
+        let ns = self.ns(player);
+        let out = run(Lab::in_ns(&ns, "ping").args([
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            ip,
+        ]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let pct = l.split(',').find(|f| f.contains("packet loss"))?;
+                pct.trim().split('%').next()?.parse::<f64>().ok()
+            })
+            .unwrap_or(100.0)
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in ["pA", "pB", "rA", "rB", "srv", "inet"] {
+            let _ = run(Command::new("ip").args(["netns", "del", &self.ns(ns)]));
+        }
+    }
+}
