@@ -19,13 +19,30 @@ use serde_json::Value;
 
 use crate::harness::{BIN, Lab, must, require_root_and_tools, run, wait_for};
 
-/// A router's NAT behaviour (RFC 4787 terms in the comments).
-#[derive(Debug, Clone, Copy)]
+/// A router's NAT behaviour (RFC 4787 terms in the comments), as the shared testbed built
+/// and verified them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nat {
-    /// MASQUERADE: endpoint-independent mapping, address-and-port-dependent filtering.
+    /// MASQUERADE: endpoint-independent mapping, address-and-port-dependent filtering
+    /// ("port-restricted cone").
     Cone,
+    /// Cone plus a DMZ DNAT for new inbound flows: endpoint-independent filtering.
+    FullCone,
+    /// Cone plus an nft set of contacted remote IPs: address-dependent filtering.
+    Restricted,
     /// MASQUERADE --random-fully: address-and-port-dependent mapping ("symmetric").
     Symmetric,
+}
+
+impl Nat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Nat::Cone => "cone",
+            Nat::FullCone => "fullcone",
+            Nat::Restricted => "restricted",
+            Nat::Symmetric => "symmetric",
+        }
+    }
 }
 
 pub struct NatLab {
@@ -117,58 +134,54 @@ impl NatLab {
 
     /// A home router: NAT on wan0, a stateful firewall that drops unsolicited inbound.
     fn router(&self, r: &str, nat: Nat) {
-        let ipt = |args: &[&str]| {
-            let mut full = vec!["iptables", "-w"];
-            full.extend_from_slice(args);
-            self.x(r, &full);
+        let player = if r == "rA" {
+            "192.168.1.2"
+        } else {
+            "192.168.2.2"
         };
-        ipt(&["-P", "FORWARD", "DROP"]);
-        ipt(&[
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ]);
-        ipt(&["-A", "FORWARD", "-i", "lan0", "-o", "wan0", "-j", "ACCEPT"]);
-        ipt(&[
-            "-A",
-            "INPUT",
-            "-i",
-            "wan0",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ]);
-        ipt(&["-A", "INPUT", "-i", "wan0", "-j", "DROP"]);
-        match nat {
-            Nat::Cone => ipt(&[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan0",
-                "-j",
-                "MASQUERADE",
-            ]),
-            Nat::Symmetric => ipt(&[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan0",
-                "-j",
-                "MASQUERADE",
-                "--random-fully",
-            ]),
+        let masquerade = if nat == Nat::Symmetric {
+            "-t nat -A POSTROUTING -o wan0 -j MASQUERADE --random-fully"
+        } else {
+            "-t nat -A POSTROUTING -o wan0 -j MASQUERADE"
+        };
+        let dmz = format!("-t nat -A PREROUTING -i wan0 -j DNAT --to-destination {player}");
+        let mut rules = vec![
+            "-P FORWARD DROP",
+            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "-A FORWARD -i lan0 -o wan0 -j ACCEPT",
+            "-A FORWARD -i wan0 -o lan0 -m conntrack --ctstate DNAT -j ACCEPT",
+            "-A INPUT -i wan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "-A INPUT -i wan0 -j DROP",
+            masquerade,
+        ];
+        if nat == Nat::FullCone {
+            rules.push(&dmz);
+        }
+        for rule in rules {
+            let mut args = vec!["iptables", "-w"];
+            args.extend(rule.split_whitespace());
+            self.x(r, &args);
+        }
+        if nat == Nat::Restricted {
+            // {remote IP . mapping port} recorded on the way out; a new inbound flow is let
+            // in only from an IP this mapping has sent to, from any port.
+            let rules = format!(
+                r#"table ip lanrage_nat {{
+  set rdst {{ type ipv4_addr . inet_service; flags timeout; timeout 600s; }}
+  chain lan_out {{
+    type filter hook forward priority -10; policy accept;
+    iifname "lan0" oifname "wan0" meta l4proto udp update @rdst {{ ip daddr . udp sport }}
+  }}
+  chain wan_in {{
+    type nat hook prerouting priority -110; policy accept;
+    iifname "wan0" meta l4proto udp ip saddr . udp dport @rdst dnat to {player}
+  }}
+}}
+"#
+            );
+            let path = self.dir.path().join(format!("{r}.nft"));
+            std::fs::write(&path, rules).expect("nft rules");
+            self.x(r, &["nft", "-f", &path.display().to_string()]);
         }
     }
 
