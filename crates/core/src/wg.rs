@@ -48,6 +48,13 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A peer heard from within this window is on a working path.
 const ALIVE_WINDOW: Duration = Duration::from_secs(5);
+/// While a peer has not answered, a fresh handshake initiation goes to its candidates this
+/// often (instead of WireGuard's 5 s REKEY_TIMEOUT): a NAT that filters by address drops
+/// the first packets from a peer until our own packet to it opened the way, and the peer's
+/// next try should not wait five seconds.
+const PUNCH_INTERVAL: Duration = Duration::from_secs(1);
+/// After this long without an answer, punching falls back to WireGuard's own pace.
+const PUNCH_WINDOW: Duration = Duration::from_secs(20);
 /// A learned endpoint silent this long is dropped in favour of the published candidates.
 const ENDPOINT_STALE: Duration = Duration::from_secs(15);
 /// A peer never heard from for this long after being added is unreachable, not connecting.
@@ -110,6 +117,8 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     to_tun: VecDeque<Vec<u8>>,
     epoch: Instant,
+    /// The latest injected time.
+    now: Instant,
     next_tick: Instant,
     rng: StdRng,
     mtu: MtuWatcher,
@@ -117,6 +126,8 @@ pub struct Node {
 }
 
 struct Peer {
+    /// When the last handshake initiation went out (ours, forced or WireGuard's own).
+    last_init: Option<Instant>,
     virtual_ip: Ipv4Addr,
     candidates: Vec<SocketAddr>,
     endpoint: Option<SocketAddr>,
@@ -151,6 +162,7 @@ impl Node {
             transmits: VecDeque::new(),
             to_tun: VecDeque::new(),
             epoch: now,
+            now,
             next_tick: now,
             rng,
             mtu: MtuWatcher::new(1420),
@@ -225,6 +237,7 @@ impl Node {
                     added_at: now,
                     last_rx: None,
                     next_probe: now,
+                    last_init: None,
                     probe_seq: 0,
                     rtts: VecDeque::with_capacity(RTT_SAMPLES),
                     rx_bytes: 0,
@@ -326,6 +339,21 @@ impl Node {
                     // The learned address went quiet: try every published one again.
                     peer.endpoint = None;
                 }
+                let unanswered_for =
+                    now.saturating_duration_since(peer.last_rx.unwrap_or(peer.added_at));
+                // Only a handshake already wanted (an initiation went out and nobody answered)
+                // is retried early; an idle peer is left alone.
+                let punch_due = peer.endpoint.is_none()
+                    && !peer.candidates.is_empty()
+                    && unanswered_for < PUNCH_WINDOW
+                    && peer.last_init.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= PUNCH_INTERVAL
+                            && peer.last_rx.is_none_or(|rx| rx < t)
+                    });
+                if punch_due && let Some(init) = peer.tunn.format_handshake_initiation(true) {
+                    self.queue_wg(key, init.into());
+                    continue;
+                }
                 match peer.tunn.update_timers() {
                     Ok(Some(packet)) => self.queue_wg(key, packet),
                     Ok(None) | Err(WireGuardError::ConnectionExpired) => {}
@@ -409,8 +437,10 @@ impl Node {
             .is_some_and(|p| p.tunn.has_active_session())
     }
 
-    /// Points gotatun's thread-local clock at the injected time; see the module docs.
-    fn sync_clock(&self, now: Instant) {
+    /// Points gotatun's thread-local clock at the injected time (see the module docs) and
+    /// remembers it for the helpers that stamp state.
+    fn sync_clock(&mut self, now: Instant) {
+        self.now = now;
         MockClock::set_time(now.saturating_duration_since(self.epoch));
     }
 
@@ -533,9 +563,13 @@ impl Node {
         if let Some(idx) = sender_idx {
             self.by_index.insert(idx, key);
         }
+        let now = self.now;
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        if matches!(wg, WgKind::HandshakeInit(_)) {
+            peer.last_init = Some(now);
+        }
         let bytes: Packet = wg.into();
         let payload = AsRef::<[u8]>::as_ref(&bytes).to_vec();
         peer.tx_bytes += payload.len() as u64;

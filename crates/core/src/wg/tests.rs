@@ -18,6 +18,9 @@ struct Pair {
     wire: Vec<(Instant, SocketAddr, Vec<u8>)>,
     a_tun: Vec<Vec<u8>>,
     b_tun: Vec<Vec<u8>>,
+    /// Datagrams towards A are dropped until this instant (an address-filtering NAT in
+    /// front of A that has not seen A send to B yet).
+    a_filtered_until: Option<Instant>,
 }
 
 impl Pair {
@@ -38,6 +41,7 @@ impl Pair {
             wire: Vec::new(),
             a_tun: Vec::new(),
             b_tun: Vec::new(),
+            a_filtered_until: None,
         };
         pair.a.set_local(Some((A_IP, 16)));
         pair.b.set_local(Some((B_IP, 16)));
@@ -75,6 +79,9 @@ impl Pair {
                 self.in_flight.drain(..).partition(|(t, _, _)| *t <= now);
             self.in_flight = later;
             for (_, from, t) in due {
+                if t.dst == self.a_addr && self.a_filtered_until.is_some_and(|u| now < u) {
+                    continue;
+                }
                 if t.dst == self.a_addr {
                     self.a.handle_datagram(from, &t.payload, now);
                 } else if t.dst == self.b_addr {
@@ -320,6 +327,20 @@ fn new_candidate_addresses_are_tried_at_once() {
         "connected well before the 5 s retransmit"
     );
     assert_eq!(pair.b_tun.len(), 1, "the queued packet followed");
+}
+
+#[test]
+fn a_filtered_first_initiation_is_retried_within_a_second() {
+    let mut pair = Pair::new(Duration::from_millis(5)).with_probes();
+    // A's side drops everything for the first 300 ms, as an address-dependent NAT does
+    // before its host has sent to the peer.
+    pair.a_filtered_until = Some(pair.now + Duration::from_millis(300));
+    let ka = pair.a.public_key();
+    pair.drive(Duration::from_millis(1_500));
+    assert!(
+        pair.b.has_session(&ka),
+        "connected after the filter lifted, without waiting for the 5 s retransmit"
+    );
 }
 
 #[test]
