@@ -416,6 +416,8 @@ fn cone_nats_are_classified_and_traversed_directly() {
         })
         .unwrap_or_else(|| panic!("{p} never classified its NAT: {}", lab.log(p)));
         assert_eq!(nat["mapping"], "endpoint_independent", "{p}: {nat}");
+        // MASQUERADE only lets in answers from the exact address and port it sent to.
+        assert_eq!(nat["filtering"], "address_and_port_dependent", "{p}: {nat}");
         assert_eq!(nat["public_addr"], public, "{p}: {nat}");
         assert_eq!(nat["port_preserved"], true);
     }
@@ -450,9 +452,9 @@ fn cone_nats_are_classified_and_traversed_directly() {
     assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
 }
 
-/// A symmetric NAT (random port per destination) is recognised as endpoint-dependent.
+/// A symmetric NAT (random port per destination) is recognised as such.
 #[test]
-fn a_symmetric_nat_is_classified_as_endpoint_dependent() {
+fn a_symmetric_nat_is_classified_as_address_and_port_dependent() {
     use natlab::{Nat, NatLab};
     let mut lab = NatLab::new("sym", Nat::Cone, Nat::Symmetric);
     lab.start_servers();
@@ -462,7 +464,8 @@ fn a_symmetric_nat_is_classified_as_endpoint_dependent() {
         (!s["nat"].is_null()).then(|| s["nat"].clone())
     })
     .unwrap_or_else(|| panic!("pB never classified its NAT: {}", lab.log("pB")));
-    assert_eq!(nat["mapping"], "endpoint_dependent", "{nat}");
+    assert_eq!(nat["mapping"], "address_and_port_dependent", "{nat}");
+    assert_eq!(nat["filtering"], "address_and_port_dependent", "{nat}");
     assert!(
         nat["public_addr"]
             .as_str()
@@ -493,12 +496,26 @@ fn nat_matrix() {
             lab.start_servers();
             lab.start_player("pA");
             lab.start_player("pB");
-            // Both have their public address before the party forms.
-            for p in ["pA", "pB"] {
-                let probed = wait_for(Duration::from_secs(10), || {
-                    (!lab.try_status(p)?["nat"].is_null()).then_some(())
-                });
-                assert!(probed.is_some(), "{p} never probed its NAT");
+            // Both have classified their NAT before the party forms, and correctly.
+            let mut seen = Vec::new();
+            for (p, kind) in [("pA", a), ("pB", b)] {
+                let nat = wait_for(Duration::from_secs(15), || {
+                    let s = lab.try_status(p)?;
+                    (!s["nat"].is_null()).then(|| s["nat"].clone())
+                })
+                .unwrap_or_else(|| panic!("{p} never probed its NAT"));
+                let expect = match kind {
+                    Nat::Cone => ("endpoint_independent", "address_and_port_dependent"),
+                    Nat::FullCone => ("endpoint_independent", "endpoint_independent"),
+                    Nat::Restricted => ("endpoint_independent", "address_dependent"),
+                    Nat::Symmetric => ("address_and_port_dependent", "address_and_port_dependent"),
+                };
+                let got = (
+                    nat["mapping"].as_str().unwrap_or("?"),
+                    nat["filtering"].as_str().unwrap_or("?"),
+                );
+                assert_eq!(got, expect, "{p} behind {kind:?}: {nat}");
+                seen.push(format!("{}/{}", abbrev(got.0), abbrev(got.1)));
             }
             let out = lab.cli("pA", &["party", "create", "matrix"]);
             assert!(
@@ -532,9 +549,11 @@ fn nat_matrix() {
                 })
                 .unwrap_or_default();
             rows.push(format!(
-                "{:<11} {:<11} {:<12} {:>14} {:>14}",
+                "{:<11} {:<11} {:<10} {:<10} {:<12} {:>14} {:>14}",
                 a.name(),
                 b.name(),
+                seen[0],
+                seen[1],
                 path,
                 first_ping.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                 direct.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
@@ -550,9 +569,22 @@ fn nat_matrix() {
             }
         }
     }
-    eprintln!("\nNAT A       NAT B       path         join→1st ping  join→direct");
+    eprintln!(
+        "\nNAT A       NAT B       A map/filt B map/filt path         join→1st ping  join→direct"
+    );
     for r in &rows {
         eprintln!("{r}");
     }
     assert_eq!(rows.len(), 10);
+}
+
+/// RFC 4787 behaviour names, short: endpoint-independent, address-, address-and-port-.
+fn abbrev(s: &str) -> &'static str {
+    match s {
+        "endpoint_independent" => "EI",
+        "address_dependent" => "AD",
+        "address_and_port_dependent" => "APD",
+        "endpoint_dependent" => "ED",
+        _ => "?",
+    }
 }

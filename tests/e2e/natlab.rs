@@ -216,7 +216,12 @@ impl NatLab {
         self.spawn(
             "srv",
             "relay",
-            &["relay", "--listen", &format!("{SRV1}:3478,{SRV2}:3478")],
+            // Two IPs × two ports: the RFC 5780 set that lets daemons test filtering.
+            &[
+                "relay",
+                "--listen",
+                &format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479,{SRV2}:3479"),
+            ],
         );
         let ns = self.ns("srv");
         let up = wait_for(Duration::from_secs(10), || {
@@ -242,7 +247,8 @@ impl NatLab {
     /// A player's daemon with STUN on both server addresses.
     pub fn start_player(&mut self, player: &str) {
         let dir = self.state_dir(player).display().to_string();
-        let stun = format!("{SRV1}:3478,{SRV2}:3478");
+        // Primary first (filtering tests), then another IP and another port (mapping tests).
+        let stun = format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479");
         let control = format!("http://{SRV1}:8667");
         self.spawn(
             player,

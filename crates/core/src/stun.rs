@@ -12,7 +12,8 @@ use bytecodec::{DecodeExt as _, EncodeExt as _};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use stun_codec::rfc5389::attributes::XorMappedAddress;
-use stun_codec::rfc5389::{Attribute, methods::BINDING};
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5780::attributes::{ChangeRequest, OtherAddress};
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
 
 /// RFC 8489 §6.2.1: initial retransmission timeout.
@@ -23,40 +24,93 @@ const MAX_SENDS: u32 = 4;
 /// After the last send, how long to wait for its answer.
 const LAST_WAIT: Duration = Duration::from_millis(1_500);
 
+stun_codec::define_attribute_enums!(
+    Attr,
+    AttrDecoder,
+    AttrEncoder,
+    [XorMappedAddress, ChangeRequest, OtherAddress]
+);
+
+/// RFC 5780 §7.2 CHANGE-REQUEST: answer from the other IP and/or the other port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    pub ip: bool,
+    pub port: bool,
+}
+
 /// A decoded STUN message of the kinds LANrage uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stun {
-    BindingRequest { txid: [u8; 12] },
-    BindingSuccess { txid: [u8; 12], mapped: SocketAddr },
+    BindingRequest {
+        txid: [u8; 12],
+        change: Change,
+    },
+    BindingSuccess {
+        txid: [u8; 12],
+        mapped: SocketAddr,
+        /// RFC 5780 OTHER-ADDRESS: the server's address on its other IP and port.
+        other: Option<SocketAddr>,
+    },
 }
 
 /// A Binding request with this transaction id.
 pub fn binding_request(txid: [u8; 12]) -> Vec<u8> {
-    let msg = Message::<Attribute>::new(MessageClass::Request, BINDING, TransactionId::new(txid));
+    binding_request_change(txid, Change::default())
+}
+
+/// A Binding request asking the server to answer from another address (RFC 5780 §4.4).
+pub fn binding_request_change(txid: [u8; 12], change: Change) -> Vec<u8> {
+    let mut msg = Message::<Attr>::new(MessageClass::Request, BINDING, TransactionId::new(txid));
+    if change != Change::default() {
+        msg.add_attribute(ChangeRequest::new(change.ip, change.port));
+    }
     encode(msg)
 }
 
 /// A Binding success response telling the requester where it was seen from.
-pub fn binding_success(txid: [u8; 12], mapped: SocketAddr) -> Vec<u8> {
-    let mut msg = Message::<Attribute>::new(
+pub fn binding_success(txid: [u8; 12], mapped: SocketAddr, other: Option<SocketAddr>) -> Vec<u8> {
+    let mut msg = Message::<Attr>::new(
         MessageClass::SuccessResponse,
         BINDING,
         TransactionId::new(txid),
     );
     msg.add_attribute(XorMappedAddress::new(mapped));
+    if let Some(other) = other {
+        msg.add_attribute(OtherAddress::new(other));
+    }
     encode(msg)
 }
 
-fn encode(msg: Message<Attribute>) -> Vec<u8> {
+fn encode(msg: Message<Attr>) -> Vec<u8> {
     MessageEncoder::new()
         .encode_into_bytes(msg)
-        .expect("a Binding message with at most an address always encodes")
+        .expect("a Binding message with at most two addresses always encodes")
+}
+
+/// Reads CHANGE-REQUEST straight from the attribute list. RFC 5780 §7.2 puts "change IP"
+/// at 0x04 and "change port" at 0x02; stun_codec 0.4.0 encodes them so but decodes 0x02 as
+/// the IP flag and 0x01 as the port flag, so its decoded value cannot be used.
+fn raw_change_request(datagram: &[u8]) -> Option<Change> {
+    let mut rest = datagram.get(20..)?;
+    while rest.len() >= 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let value = rest.get(4..4 + len)?;
+        if kind == ChangeRequest::CODEPOINT && len == 4 {
+            return Some(Change {
+                ip: value[3] & 0x04 != 0,
+                port: value[3] & 0x02 != 0,
+            });
+        }
+        rest = rest.get(4 + len.next_multiple_of(4)..)?;
+    }
+    None
 }
 
 /// Decodes a Binding request or success response; anything else (other methods, errors,
 /// malformed bytes) is `None`.
 pub fn parse(datagram: &[u8]) -> Option<Stun> {
-    let msg = MessageDecoder::<Attribute>::new()
+    let msg = MessageDecoder::<Attr>::new()
         .decode_from_bytes(datagram)
         .ok()?
         .ok()?;
@@ -65,10 +119,18 @@ pub fn parse(datagram: &[u8]) -> Option<Stun> {
     }
     let txid = *msg.transaction_id().as_bytes();
     match msg.class() {
-        MessageClass::Request => Some(Stun::BindingRequest { txid }),
+        MessageClass::Request => {
+            let change = raw_change_request(datagram).unwrap_or_default();
+            Some(Stun::BindingRequest { txid, change })
+        }
         MessageClass::SuccessResponse => {
             let mapped = msg.get_attribute::<XorMappedAddress>()?.address();
-            Some(Stun::BindingSuccess { txid, mapped })
+            let other = msg.get_attribute::<OtherAddress>().map(|o| o.address());
+            Some(Stun::BindingSuccess {
+                txid,
+                mapped,
+                other,
+            })
         }
         _ => None,
     }
@@ -90,10 +152,25 @@ pub enum Mapping {
     Unknown,
 }
 
+/// RFC 4787 §5 filtering behaviour, tested as in RFC 5780 §4.4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Filtering {
+    /// Anyone may send to the mapping ("full cone").
+    EndpointIndependent,
+    /// Any port of an IP we sent to ("restricted cone").
+    AddressDependent,
+    /// Only the exact address and port we sent to ("port-restricted", "symmetric").
+    AddressAndPortDependent,
+    /// The primary server cannot answer from another address (no OTHER-ADDRESS).
+    Unknown,
+}
+
 /// What the probe learned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatReport {
     pub mapping: Mapping,
+    pub filtering: Filtering,
     /// The first server-reflexive address seen.
     pub public_addr: Option<SocketAddr>,
     /// Whether the NAT kept the local port.
@@ -102,87 +179,188 @@ pub struct NatReport {
     pub mapped: BTreeMap<SocketAddr, SocketAddr>,
 }
 
-struct Pending {
-    txid: [u8; 12],
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Mapping towards this server (answers come from it).
+    Mapping(SocketAddr),
+    /// A filtering test: the answer comes from another address, if the NAT lets it in.
+    Filter(Change),
+}
+
+struct Request {
+    purpose: Purpose,
+    to: SocketAddr,
     sends: u32,
     next: Instant,
 }
 
-/// One round of Binding requests to every configured STUN server.
+/// One round of NAT discovery from the daemon's socket.
+///
+/// Order matters (RFC 5780 §4.4): the primary server (the first configured) answers first
+/// and names its OTHER-ADDRESS; then the filtering tests ask it to answer from its other
+/// IP and port, and from its other port; only after those are the remaining servers
+/// contacted, because having sent to another IP would let an address-filtering NAT pass
+/// the "other IP" answer and look like a full cone.
 ///
 /// Drive it like every machine in this crate: [`NatProbe::handle_timeout`] when
-/// [`NatProbe::poll_timeout`] is due, [`NatProbe::handle_response`] for each STUN datagram
-/// from a server, and [`NatProbe::poll_transmit`] after each call. [`NatProbe::report`] is
-/// `Some` once every server answered or gave up.
+/// [`NatProbe::poll_timeout`] is due, [`NatProbe::handle_response`] for each STUN datagram,
+/// and [`NatProbe::poll_transmit`] after each call. [`NatProbe::report`] is `Some` once
+/// every request was answered or given up.
 pub struct NatProbe {
     local_port: u16,
-    pending: BTreeMap<SocketAddr, Pending>,
+    requests: BTreeMap<[u8; 12], Request>,
+    /// Servers contacted after the filtering tests.
+    deferred: Vec<SocketAddr>,
+    primary: Option<SocketAddr>,
     mapped: BTreeMap<SocketAddr, SocketAddr>,
+    /// Filtering tests: change-both and change-port, Some(answered) once settled.
+    change_both: Option<bool>,
+    change_port: Option<bool>,
     transmits: Vec<(SocketAddr, Vec<u8>)>,
     rng: StdRng,
+    now: Instant,
 }
 
 impl NatProbe {
-    /// Starts a round towards `servers` from the socket bound to `local_port`.
+    /// Starts a round towards `servers` (the first is the primary) from the socket bound to
+    /// `local_port`.
     pub fn new(servers: &[SocketAddr], local_port: u16, seed: u64, now: Instant) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let pending = servers
-            .iter()
-            .map(|&s| {
-                let mut txid = [0u8; 12];
-                rng.fill_bytes(&mut txid);
-                (
-                    s,
-                    Pending {
-                        txid,
-                        sends: 0,
-                        next: now,
-                    },
-                )
-            })
-            .collect();
-        Self {
+        let mut probe = Self {
             local_port,
-            pending,
+            requests: BTreeMap::new(),
+            deferred: servers.iter().skip(1).copied().collect(),
+            primary: servers.first().copied(),
             mapped: BTreeMap::new(),
+            change_both: None,
+            change_port: None,
             transmits: Vec::new(),
-            rng,
+            rng: StdRng::seed_from_u64(seed),
+            now,
+        };
+        match probe.primary {
+            Some(p) => probe.ask(Purpose::Mapping(p), p),
+            None => probe.deferred.clear(),
         }
+        probe
+    }
+
+    fn ask(&mut self, purpose: Purpose, to: SocketAddr) {
+        let mut txid = [0u8; 12];
+        self.rng.fill_bytes(&mut txid);
+        self.requests.insert(
+            txid,
+            Request {
+                purpose,
+                to,
+                sends: 0,
+                next: self.now,
+            },
+        );
     }
 
     /// Sends (or resends, with doubling back-off) every request that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         let mut gave_up = Vec::new();
-        for (server, p) in &mut self.pending {
-            if p.next > now {
+        for (txid, r) in &mut self.requests {
+            if r.next > now {
                 continue;
             }
-            if p.sends == MAX_SENDS {
-                gave_up.push(*server);
+            if r.sends == MAX_SENDS {
+                gave_up.push(*txid);
                 continue;
             }
-            self.transmits.push((*server, binding_request(p.txid)));
-            p.sends += 1;
-            p.next = now
-                + if p.sends == MAX_SENDS {
+            let change = match r.purpose {
+                Purpose::Filter(c) => c,
+                Purpose::Mapping(_) => Change::default(),
+            };
+            self.transmits
+                .push((r.to, binding_request_change(*txid, change)));
+            r.sends += 1;
+            r.next = now
+                + if r.sends == MAX_SENDS {
                     LAST_WAIT
                 } else {
-                    RTO * 2u32.pow(p.sends - 1)
+                    RTO * 2u32.pow(r.sends - 1)
                 };
         }
-        for s in gave_up {
-            self.pending.remove(&s);
+        for txid in gave_up {
+            if let Some(r) = self.requests.remove(&txid) {
+                self.settle(r.purpose, None, None);
+            }
         }
     }
 
     /// Takes a STUN datagram; answers that match no outstanding request are ignored.
     pub fn handle_response(&mut self, from: SocketAddr, datagram: &[u8]) {
-        let Some(Stun::BindingSuccess { txid, mapped }) = parse(datagram) else {
+        let Some(Stun::BindingSuccess {
+            txid,
+            mapped,
+            other,
+        }) = parse(datagram)
+        else {
             return;
         };
-        if self.pending.get(&from).is_some_and(|p| p.txid == txid) {
-            self.pending.remove(&from);
-            self.mapped.insert(from, mapped);
+        let Some(r) = self.requests.get(&txid) else {
+            return;
+        };
+        // A mapping answer must come from the server asked; a filtering answer comes, by
+        // design, from elsewhere.
+        if matches!(r.purpose, Purpose::Mapping(s) if s != from) {
+            return;
+        }
+        let purpose = r.purpose;
+        self.requests.remove(&txid);
+        self.settle(purpose, Some(mapped), other);
+    }
+
+    /// Records an answer (or, with `mapped` None, a give-up) and starts the next step.
+    fn settle(&mut self, purpose: Purpose, mapped: Option<SocketAddr>, other: Option<SocketAddr>) {
+        match purpose {
+            Purpose::Mapping(server) => {
+                if let Some(m) = mapped {
+                    self.mapped.insert(server, m);
+                }
+                if Some(server) == self.primary {
+                    match other {
+                        Some(_) => {
+                            self.ask(
+                                Purpose::Filter(Change {
+                                    ip: true,
+                                    port: true,
+                                }),
+                                server,
+                            );
+                            self.ask(
+                                Purpose::Filter(Change {
+                                    ip: false,
+                                    port: true,
+                                }),
+                                server,
+                            );
+                        }
+                        None => self.release_deferred(),
+                    }
+                }
+            }
+            Purpose::Filter(change) => {
+                let slot = if change.ip {
+                    &mut self.change_both
+                } else {
+                    &mut self.change_port
+                };
+                *slot = Some(mapped.is_some());
+                if self.change_both.is_some() && self.change_port.is_some() {
+                    self.release_deferred();
+                }
+            }
+        }
+    }
+
+    fn release_deferred(&mut self) {
+        for server in std::mem::take(&mut self.deferred) {
+            self.ask(Purpose::Mapping(server), server);
         }
     }
 
@@ -193,20 +371,22 @@ impl NatProbe {
 
     /// When a request is next due; `None` once the round is over.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.next).min()
+        self.requests.values().map(|r| r.next).min()
     }
 
-    /// The classification, once every server answered or gave up.
+    /// The classification, once every request was answered or given up.
     pub fn report(&self) -> Option<NatReport> {
-        if !self.pending.is_empty() {
+        if !self.requests.is_empty() || !self.deferred.is_empty() {
             return None;
         }
-        Some(classify_mapping(&self.mapped, self.local_port))
-    }
-
-    /// A fresh transaction id source for the next round.
-    pub fn next_seed(&mut self) -> u64 {
-        self.rng.next_u64()
+        let mut report = classify_mapping(&self.mapped, self.local_port);
+        report.filtering = match (self.change_both, self.change_port) {
+            (Some(true), _) => Filtering::EndpointIndependent,
+            (Some(false), Some(true)) => Filtering::AddressDependent,
+            (Some(false), Some(false)) => Filtering::AddressAndPortDependent,
+            _ => Filtering::Unknown,
+        };
+        Some(report)
     }
 }
 
@@ -238,6 +418,7 @@ pub fn classify_mapping(mapped: &BTreeMap<SocketAddr, SocketAddr>, local_port: u
     let public_addr = entries.first().map(|(_, m)| **m);
     NatReport {
         mapping,
+        filtering: Filtering::Unknown,
         public_addr,
         port_preserved: public_addr.map(|a| a.port() == local_port),
         mapped: mapped.clone(),
@@ -246,6 +427,8 @@ pub fn classify_mapping(mapped: &BTreeMap<SocketAddr, SocketAddr>, local_port: u
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {
@@ -256,48 +439,123 @@ mod tests {
     fn binding_round_trip() {
         let req = binding_request([7; 12]);
         assert_eq!(crate::classify(&req), crate::PacketClass::Stun);
-        assert_eq!(parse(&req), Some(Stun::BindingRequest { txid: [7; 12] }));
-        let resp = binding_success([7; 12], addr("198.51.100.2:40000"));
+        assert_eq!(
+            parse(&req),
+            Some(Stun::BindingRequest {
+                txid: [7; 12],
+                change: Change::default()
+            })
+        );
+        let change = Change {
+            ip: true,
+            port: false,
+        };
+        assert_eq!(
+            parse(&binding_request_change([1; 12], change)),
+            Some(Stun::BindingRequest {
+                txid: [1; 12],
+                change
+            })
+        );
+        let resp = binding_success(
+            [7; 12],
+            addr("198.51.100.2:40000"),
+            Some(addr("203.0.113.11:3479")),
+        );
         assert_eq!(crate::classify(&resp), crate::PacketClass::Stun);
         assert_eq!(
             parse(&resp),
             Some(Stun::BindingSuccess {
                 txid: [7; 12],
-                mapped: addr("198.51.100.2:40000")
+                mapped: addr("198.51.100.2:40000"),
+                other: Some(addr("203.0.113.11:3479")),
             })
         );
         assert_eq!(parse(&resp[..resp.len() - 1]), None);
         assert_eq!(parse(b"not stun at all, just bytes"), None);
     }
 
-    /// A NAT model: how the public address depends on the destination.
-    fn nat(kind: Mapping, dst: SocketAddr) -> SocketAddr {
-        let port = match kind {
-            Mapping::EndpointIndependent => 40000,
-            Mapping::AddressDependent => 40000 + u16::from(dst.ip().to_string().ends_with(".11")),
-            _ => 40000 + (dst.port() % 100) + 10 * u16::from(dst.ip().to_string().ends_with(".11")),
-        };
-        SocketAddr::new([198, 51, 100, 2].into(), port)
+    /// A NAT: mapping as `kind`, filtering as `filter`, remembering where it sent.
+    struct NatModel {
+        mapping: Mapping,
+        filter: Filtering,
+        contacted: BTreeSet<SocketAddr>,
     }
 
-    /// Runs a probe against servers behind a NAT model on a virtual clock.
+    impl NatModel {
+        fn out(&mut self, dst: SocketAddr) -> SocketAddr {
+            self.contacted.insert(dst);
+            let other_ip = u16::from(dst.ip().to_string().ends_with(".11"));
+            let port = match self.mapping {
+                Mapping::EndpointIndependent => 40000,
+                Mapping::AddressDependent => 40000 + other_ip,
+                _ => 40000 + (dst.port() % 100) + 10 * other_ip,
+            };
+            SocketAddr::new([198, 51, 100, 2].into(), port)
+        }
+
+        fn lets_in(&self, src: SocketAddr) -> bool {
+            match self.filter {
+                Filtering::EndpointIndependent => true,
+                Filtering::AddressDependent => self.contacted.iter().any(|c| c.ip() == src.ip()),
+                _ => self.contacted.contains(&src),
+            }
+        }
+    }
+
+    /// The four sockets of an RFC 5780 server: two IPs × two ports.
+    const IP1: &str = "203.0.113.10";
+    const IP2: &str = "203.0.113.11";
+
+    /// Runs a probe through a NAT model against RFC 5780 servers on a virtual clock; only
+    /// servers in `answering` reply.
     fn run(
         servers: &[SocketAddr],
-        kind: Mapping,
+        nat: &mut NatModel,
         answering: &[SocketAddr],
+        rfc5780: bool,
     ) -> (NatReport, Duration) {
         #[allow(clippy::disallowed_methods)]
         let start = Instant::now();
         let mut now = start;
         let mut probe = NatProbe::new(servers, 40000, 1, now);
-        for _ in 0..100 {
+        for _ in 0..200 {
             probe.handle_timeout(now);
             while let Some((server, bytes)) = probe.poll_transmit() {
-                let Some(Stun::BindingRequest { txid }) = parse(&bytes) else {
+                let Some(Stun::BindingRequest { txid, change }) = parse(&bytes) else {
                     panic!("the probe sent something else");
                 };
-                if answering.contains(&server) {
-                    probe.handle_response(server, &binding_success(txid, nat(kind, server)));
+                let mapped = nat.out(server);
+                if !answering.contains(&server) {
+                    continue;
+                }
+                let ip = if change.ip {
+                    if server.ip().to_string() == IP1 {
+                        IP2
+                    } else {
+                        IP1
+                    }
+                } else {
+                    &server.ip().to_string()
+                };
+                let ip = ip.to_owned();
+                let port = if change.port {
+                    if server.port() == 3478 { 3479 } else { 3478 }
+                } else {
+                    server.port()
+                };
+                let src: SocketAddr = format!("{ip}:{port}").parse().expect("addr");
+                let other = rfc5780.then(|| {
+                    let oip = if server.ip().to_string() == IP1 {
+                        IP2
+                    } else {
+                        IP1
+                    };
+                    let oport = if server.port() == 3478 { 3479 } else { 3478 };
+                    addr(&format!("{oip}:{oport}"))
+                });
+                if nat.lets_in(src) {
+                    probe.handle_response(src, &binding_success(txid, mapped, other));
                 }
             }
             if let Some(r) = probe.report() {
@@ -308,31 +566,74 @@ mod tests {
         panic!("the probe never finished");
     }
 
+    fn nat(mapping: Mapping, filter: Filtering) -> NatModel {
+        NatModel {
+            mapping,
+            filter,
+            contacted: BTreeSet::new(),
+        }
+    }
+
     #[test]
-    fn mapping_is_classified_from_the_servers_that_answer() {
+    fn mapping_and_filtering_are_classified() {
         let a = addr("203.0.113.10:3478");
         let a2 = addr("203.0.113.10:3479");
         let b = addr("203.0.113.11:3478");
         let all = [a, a2, b];
-        let (r, took) = run(&all, Mapping::EndpointIndependent, &all);
-        assert_eq!(r.mapping, Mapping::EndpointIndependent);
+        let cases = [
+            (Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+            (Mapping::EndpointIndependent, Filtering::AddressDependent),
+            (
+                Mapping::EndpointIndependent,
+                Filtering::AddressAndPortDependent,
+            ),
+            (
+                Mapping::AddressDependent,
+                Filtering::AddressAndPortDependent,
+            ),
+            (
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+            ),
+        ];
+        for (mapping, filtering) in cases {
+            let (r, _) = run(&all, &mut nat(mapping, filtering), &all, true);
+            assert_eq!((r.mapping, r.filtering), (mapping, filtering));
+        }
+        let (r, took) = run(
+            &all,
+            &mut nat(Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+            &all,
+            true,
+        );
         assert_eq!(r.public_addr, Some(addr("198.51.100.2:40000")));
         assert_eq!(r.port_preserved, Some(true));
         assert_eq!(took, Duration::ZERO, "answers at once finish at once");
-        assert_eq!(
-            run(&all, Mapping::AddressDependent, &all).0.mapping,
-            Mapping::AddressDependent
+        // A filtering NAT drops the changed-address answers: the tests time out (5 s).
+        let (_, took) = run(
+            &all,
+            &mut nat(
+                Mapping::EndpointIndependent,
+                Filtering::AddressAndPortDependent,
+            ),
+            &all,
+            true,
+        );
+        assert_eq!(took, Duration::from_secs(5));
+        // Two IPs only: dependent, but which kind cannot be told; no OTHER-ADDRESS, no
+        // filtering verdict.
+        let (r, _) = run(
+            &[a, b],
+            &mut nat(
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+            ),
+            &[a, b],
+            false,
         );
         assert_eq!(
-            run(&all, Mapping::AddressAndPortDependent, &all).0.mapping,
-            Mapping::AddressAndPortDependent
-        );
-        // Two IPs only: dependent, but which kind cannot be told.
-        assert_eq!(
-            run(&[a, b], Mapping::AddressAndPortDependent, &[a, b])
-                .0
-                .mapping,
-            Mapping::EndpointDependent
+            (r.mapping, r.filtering),
+            (Mapping::EndpointDependent, Filtering::Unknown)
         );
     }
 
@@ -340,12 +641,13 @@ mod tests {
     fn silent_servers_are_retried_then_given_up() {
         let a = addr("203.0.113.10:3478");
         let b = addr("203.0.113.11:3478");
-        let (r, took) = run(&[a, b], Mapping::EndpointIndependent, &[a]);
+        let mut n = nat(Mapping::EndpointIndependent, Filtering::EndpointIndependent);
+        let (r, took) = run(&[a, b], &mut n, &[a], false);
         // 4 sends at 0, 0.5, 1.5, 3.5 s, then 1.5 s for the last answer.
         assert_eq!(took, Duration::from_secs(5));
         assert_eq!(r.mapping, Mapping::Unknown);
         assert_eq!(r.mapped.len(), 1);
-        let (none, _) = run(&[a, b], Mapping::EndpointIndependent, &[]);
+        let (none, _) = run(&[a, b], &mut n, &[], false);
         assert_eq!(none.public_addr, None);
     }
 
@@ -357,18 +659,18 @@ mod tests {
         let mut probe = NatProbe::new(&[a], 40000, 9, now);
         probe.handle_timeout(now);
         let (_, bytes) = probe.poll_transmit().expect("a request");
-        let Some(Stun::BindingRequest { txid }) = parse(&bytes) else {
+        let Some(Stun::BindingRequest { txid, .. }) = parse(&bytes) else {
             panic!("not a request");
         };
         let mut wrong = txid;
         wrong[0] ^= 1;
-        probe.handle_response(a, &binding_success(wrong, addr("192.0.2.9:1")));
+        probe.handle_response(a, &binding_success(wrong, addr("192.0.2.9:1"), None));
         probe.handle_response(
             addr("192.0.2.66:3478"),
-            &binding_success(txid, addr("192.0.2.9:1")),
+            &binding_success(txid, addr("192.0.2.9:1"), None),
         );
         assert!(probe.report().is_none());
-        probe.handle_response(a, &binding_success(txid, addr("198.51.100.2:40000")));
+        probe.handle_response(a, &binding_success(txid, addr("198.51.100.2:40000"), None));
         assert_eq!(
             probe.report().map(|r| r.public_addr),
             Some(Some(addr("198.51.100.2:40000")))

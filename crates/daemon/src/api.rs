@@ -186,9 +186,10 @@ async fn status(State(st): State<ApiState>) -> Response {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default(),
-        // Filtering needs a server that can answer from another address (RFC 5780
-        // CHANGE-REQUEST); until the relay does, it is not claimed.
-        filtering: "unknown".to_owned(),
+        filtering: serde_json::to_value(n.filtering)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         public_addr: n.public_addr,
         port_preserved: n.port_preserved,
     });
