@@ -26,6 +26,8 @@ use crate::state::{Membership, State};
 
 /// Heartbeat period; the control plane marks a member away after 90 s of silence.
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often this machine's candidate addresses are compared with those published.
+const CANDIDATE_CHECK: Duration = Duration::from_secs(2);
 /// WebSocket reconnect back-off bounds.
 const WS_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const WS_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -320,6 +322,10 @@ impl Supervisor {
     ) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Candidates are compared often (locally) and published only when they change, so
+        // an address learned from STUN reaches the peers within seconds.
+        let mut candidates = tokio::time::interval(CANDIDATE_CHECK);
+        candidates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -327,6 +333,14 @@ impl Supervisor {
                 Some(cmd) = cmds.recv() => self.command(cmd).await,
                 Some(ev) = events.recv() => self.event(ev).await,
                 _ = heartbeat.tick() => self.beat(),
+                _ = candidates.tick() => {
+                    // Only while the control plane answers: a publish to a dead one would
+                    // hold up commands for its whole timeout.
+                    let connected = self.shared.read().await.control == "connected";
+                    if connected && self.session.as_ref().is_some_and(|s| !s.needs_join) {
+                        self.publish_candidates().await;
+                    }
+                }
             }
         }
     }
