@@ -77,6 +77,20 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Pings `ip` from namespace `ns` (`count` pings, 50 ms apart); returns the loss in
+/// percent (100 when ping could not run).
+pub fn ping_loss_in(ns: &str, ip: &str, count: u32) -> f64 {
+    let out =
+        run(Lab::in_ns(ns, "ping").args(["-c", &count.to_string(), "-i", "0.05", "-W", "1", ip]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let pct = l.split(',').find(|f| f.contains("packet loss"))?;
+            pct.trim().split('%').next()?.parse::<f64>().ok()
+        })
+        .unwrap_or(100.0)
+}
+
 pub struct Lab {
     prefix: String,
     pub dir: tempfile::TempDir,
@@ -333,22 +347,7 @@ impl Lab {
 
     /// Pings `ip` from player `i`; returns the loss in percent.
     pub fn ping_loss(&self, i: usize, ip: &str, count: u32) -> f64 {
-        let out = run(Self::in_ns(&self.player_ns(i), "ping").args([
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            ip,
-        ]));
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| {
-                let pct = l.split(',').find(|f| f.contains("packet loss"))?;
-                pct.trim().split('%').next()?.parse::<f64>().ok()
-            })
-            .unwrap_or(100.0)
+        ping_loss_in(&self.player_ns(i), ip, count)
     }
 
     /// Starts a background process in player `i`'s namespace, owned by the lab.

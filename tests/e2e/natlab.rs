@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{BIN, Lab, must, require_root_and_tools, run, wait_for};
+use crate::harness::{BIN, must, require_root_and_tools, run, wait_for};
 
 /// A router's NAT behaviour (RFC 4787 terms in the comments), as the shared testbed built
 /// and verified them.
@@ -284,23 +284,7 @@ impl NatLab {
     }
 
     pub fn ping_loss(&self, player: &str, ip: &str, count: u32) -> f64 {
-        let ns = self.ns(player);
-        let out = run(Lab::in_ns(&ns, "ping").args([
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            ip,
-        ]));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| {
-                let pct = l.split(',').find(|f| f.contains("packet loss"))?;
-                pct.trim().split('%').next()?.parse::<f64>().ok()
-            })
-            .unwrap_or(100.0)
+        crate::harness::ping_loss_in(&self.ns(player), ip, count)
     }
 
     pub fn log(&self, name: &str) -> String {

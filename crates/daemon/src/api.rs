@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -239,52 +238,40 @@ async fn ask<T: serde::Serialize>(
     }
 }
 
-fn bad_json(e: &JsonRejection) -> Response {
-    error(400, format!("invalid request body: {}", e.body_text()))
-}
+/// A JSON body whose rejection is a 400 with our error shape.
+struct Body<T>(T);
 
-async fn create(
-    State(st): State<ApiState>,
-    body: Result<Json<CreateRequest>, JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(req)) => ask(&st, |tx| Command::Create(req, tx)).await,
-        Err(e) => bad_json(&e),
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Response;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(error(
+                400,
+                format!("invalid request body: {}", e.body_text()),
+            )),
+        }
     }
 }
 
-async fn join(
-    State(st): State<ApiState>,
-    body: Result<Json<JoinRequest>, JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(req)) => ask(&st, |tx| Command::Join(req.invite, req.player_name, tx)).await,
-        Err(e) => bad_json(&e),
-    }
+async fn create(State(st): State<ApiState>, Body(req): Body<CreateRequest>) -> Response {
+    ask(&st, |tx| Command::Create(req, tx)).await
+}
+
+async fn join(State(st): State<ApiState>, Body(req): Body<JoinRequest>) -> Response {
+    ask(&st, |tx| Command::Join(req.invite, req.player_name, tx)).await
 }
 
 async fn leave(State(st): State<ApiState>) -> Response {
     ask(&st, Command::Leave).await
 }
 
-async fn kick(
-    State(st): State<ApiState>,
-    body: Result<Json<KickRequest>, JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(req)) => ask(&st, |tx| Command::Kick(req.member, tx)).await,
-        Err(e) => bad_json(&e),
-    }
+async fn kick(State(st): State<ApiState>, Body(req): Body<KickRequest>) -> Response {
+    ask(&st, |tx| Command::Kick(req.member, tx)).await
 }
 
-async fn lock(
-    State(st): State<ApiState>,
-    body: Result<Json<LockRequest>, JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(req)) => ask(&st, |tx| Command::Lock(req.locked, tx)).await,
-        Err(e) => bad_json(&e),
-    }
+async fn lock(State(st): State<ApiState>, Body(req): Body<LockRequest>) -> Response {
+    ask(&st, |tx| Command::Lock(req.locked, tx)).await
 }
 
 async fn invite(State(st): State<ApiState>) -> Response {
