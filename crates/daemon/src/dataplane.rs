@@ -90,7 +90,6 @@ impl DataPlane {
             tun: None,
             mtu,
             rx,
-            counted_other: 0,
             probe: (!stun_servers.is_empty())
                 .then(|| NatProbe::new(&stun_servers, port, seed ^ 0x5354_554e, now)),
             next_probe: now + NAT_REPROBE,
@@ -148,8 +147,6 @@ struct Task {
     tun: Option<Tun>,
     mtu: u16,
     rx: mpsc::Receiver<Command>,
-    /// ChannelData / unknown datagrams, and STUN no one asked for: no consumer yet.
-    counted_other: u64,
     stun_servers: Vec<SocketAddr>,
     /// The NAT probe round in progress.
     probe: Option<NatProbe>,
@@ -256,7 +253,6 @@ impl Task {
                 self.finish_probe(Instant::now());
             }
             PacketClass::Stun | PacketClass::ChannelData | PacketClass::Unknown => {
-                self.counted_other += 1;
                 tracing::trace!(len = data.len(), "datagram with no consumer dropped");
             }
         }

@@ -179,7 +179,6 @@ pub async fn run(
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let mut sup = Supervisor {
-        dataplane_error: None,
         state,
         secret,
         key,
@@ -298,9 +297,6 @@ fn is_final(e: &ClientError) -> bool {
 }
 
 struct Supervisor {
-    /// The last data-plane failure (e.g. no permission to create the TUN), for the caller of
-    /// create and join.
-    dataplane_error: Option<String>,
     state: State,
     secret: StaticSecret,
     key: DeviceKey,
@@ -363,7 +359,9 @@ impl Supervisor {
             return;
         };
         tracing::info!(party = %invite.party, "rejoining the saved party");
-        self.start_session(invite, saved.player_name, saved.last_view, true)
+        // A bad saved view is logged; the confirming join brings a fresh one.
+        let _ = self
+            .start_session(invite, saved.player_name, saved.last_view, true)
             .await;
         self.beat();
     }
@@ -450,7 +448,7 @@ impl Supervisor {
                 if let Some(s) = &mut self.session {
                     s.needs_join = false;
                 }
-                self.apply_view(view).await;
+                let _ = self.apply_view(view).await; // logged inside
             }
             return self
                 .session
@@ -473,10 +471,10 @@ impl Supervisor {
         player_name: String,
         view: PartyView,
     ) -> Result<InviteResponse, LocalError> {
-        self.dataplane_error = None;
-        self.start_session(invite, player_name, Some(view), false)
-            .await;
-        if let Some(e) = self.dataplane_error.take() {
+        if let Err(e) = self
+            .start_session(invite, player_name, Some(view), false)
+            .await
+        {
             // A member that cannot route would only black-hole its friends' packets.
             self.leave_current().await;
             return Err(LocalError::new(500, e));
@@ -508,14 +506,14 @@ impl Supervisor {
     async fn kick(&mut self, who: &str) -> Result<(), LocalError> {
         let s = self.session.as_ref().ok_or_else(LocalError::not_in_party)?;
         let view = s.client.kick(s.invite.party, who).await?;
-        self.apply_view(view).await;
+        let _ = self.apply_view(view).await; // logged inside
         Ok(())
     }
 
     async fn lock(&mut self, locked: bool) -> Result<(), LocalError> {
         let s = self.session.as_ref().ok_or_else(LocalError::not_in_party)?;
         let view = s.client.lock(s.invite.party, locked).await?;
-        self.apply_view(view).await;
+        let _ = self.apply_view(view).await; // logged inside
         Ok(())
     }
 
@@ -525,7 +523,7 @@ impl Supervisor {
         player_name: String,
         view: Option<PartyView>,
         needs_join: bool,
-    ) {
+    ) -> Result<(), String> {
         self.generation += 1;
         let client = ControlClient::new(&invite.control_url, self.secret.clone());
         let ws = tokio::spawn(ws_loop(
@@ -543,10 +541,12 @@ impl Supervisor {
             beat_in_flight: false,
             ws,
         });
-        if let Some(v) = view {
-            self.apply_view(v).await;
-        } else {
-            self.save_membership().await;
+        match view {
+            Some(v) => self.apply_view(v).await,
+            None => {
+                self.save_membership().await;
+                Ok(())
+            }
         }
     }
 
@@ -601,7 +601,7 @@ impl Supervisor {
                         .as_ref()
                         .is_some_and(|s| s.invite.party == party.id)
                     {
-                        self.apply_view(party).await;
+                        let _ = self.apply_view(party).await; // logged inside
                     }
                 }
                 ServerMessage::Removed { party, reason } => {
@@ -638,7 +638,7 @@ impl Supervisor {
                     s.needs_join = false;
                     tracing::info!(party = %s.invite.party, "membership confirmed");
                 }
-                self.apply_view(view).await;
+                let _ = self.apply_view(view).await; // logged inside
                 self.publish_candidates().await;
             }
             Err(e) if joined && is_final(&e) => {
@@ -665,35 +665,37 @@ impl Supervisor {
     }
 
     /// Makes the data plane match a party view, after checking it is safe to configure.
-    async fn apply_view(&mut self, view: PartyView) {
-        let Some(s) = &mut self.session else { return };
+    /// Failures are logged here; the error is for the callers that must refuse (create,
+    /// join), the others carry on with the last good configuration.
+    async fn apply_view(&mut self, view: PartyView) -> Result<(), String> {
+        let Some(s) = &mut self.session else {
+            return Ok(());
+        };
         if s.view
             .as_ref()
             .is_some_and(|v| v.id == view.id && v.version > view.version)
         {
-            return; // an older view arriving late
+            return Ok(()); // an older view arriving late
         }
         let checked = match lanrage_core::party::check_view(&view, &self.key) {
             Ok(c) => c,
             Err(lanrage_core::party::ViewError::NotMember) => {
                 tracing::info!("this device is no longer a member of the party");
                 self.end_session("no longer a member").await;
-                return;
+                return Ok(());
             }
             Err(e) => {
                 tracing::error!(error = %e, "refusing a party view from the control plane");
-                self.dataplane_error = Some(format!("the control plane sent an unsafe party: {e}"));
-                return;
+                return Err(format!("the control plane sent an unsafe party: {e}"));
             }
         };
-        if let Err(e) = self
+        let configured = self
             .dataplane
             .set_party(checked.local_ip, checked.prefix, checked.peers)
             .await
-        {
-            let e = format!("{e:#}");
+            .map_err(|e| format!("{e:#}"));
+        if let Err(e) = &configured {
             tracing::error!(error = %e, "could not configure the data plane");
-            self.dataplane_error = Some(e);
         }
         let changed = s.view.as_ref().is_none_or(|v| v != &view);
         s.view = Some(view.clone());
@@ -701,6 +703,7 @@ impl Supervisor {
         if changed {
             self.save_membership().await;
         }
+        configured
     }
 
     async fn publish_candidates(&mut self) {
@@ -723,7 +726,9 @@ impl Supervisor {
             return;
         }
         match s.client.set_candidates(s.invite.party, mine).await {
-            Ok(view) => self.apply_view(view).await,
+            Ok(view) => {
+                let _ = self.apply_view(view).await; // logged inside
+            }
             Err(e) => tracing::debug!(error = %e, "publishing candidates failed; retrying later"),
         }
     }
