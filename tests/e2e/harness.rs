@@ -20,7 +20,14 @@ pub fn require_root_and_tools() {
         nix_is_root(),
         "the end-to-end tests need root (network namespaces, TUN); run them as root"
     );
-    for tool in ["ip", "ping", "iperf3", "bash"] {
+    for tool in [
+        "ip",
+        "ping",
+        "iperf3",
+        "bash",
+        "turnserver",
+        "turnutils_uclient",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -28,7 +35,7 @@ pub fn require_root_and_tools() {
             .unwrap_or(false);
         assert!(
             found,
-            "the end-to-end tests need `{tool}` (apt-get install iproute2 iputils-ping iperf3)"
+            "the end-to-end tests need `{tool}` (apt-get install iproute2 iputils-ping iperf3 coturn)"
         );
     }
     assert!(
@@ -390,5 +397,23 @@ impl Drop for Lab {
         }
         let _ = run(Command::new("ip").args(["netns", "del", &self.ns_name("ctl")]));
         let _ = run(Command::new("ip").args(["netns", "del", &self.ns_name("sw")]));
+    }
+}
+
+/// A bare network namespace (loopback up), deleted on drop.
+pub struct Netns(String);
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        must(Command::new("ip").args(["netns", "add", name]));
+        must(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["netns", "del", &self.0]));
     }
 }

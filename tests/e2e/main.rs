@@ -6,7 +6,9 @@ mod harness;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use harness::{BIN, Lab, wait_for};
+use std::process::Command;
+
+use harness::{BIN, Lab, run, wait_for};
 use lanrage_proto::{InviteCode, PartySecret};
 use serde_json::Value;
 
@@ -472,6 +474,300 @@ fn a_symmetric_nat_is_classified_as_address_and_port_dependent() {
             .is_some_and(|a| a.starts_with("192.0.2.2:")),
         "{nat}"
     );
+}
+
+/// Symmetric NATs on both sides: no direct path exists, so the pair meets through the TURN
+/// relay (each side's relayed address is a candidate). Killing the relay breaks the pair;
+/// restarting it brings the pair back within 10 s (the TURN clients notice the lost
+/// allocation on their next refresh and allocate again).
+#[test]
+fn symmetric_pair_connects_through_the_relay_and_survives_a_relay_restart() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::new("relay", Nat::Symmetric, Nat::Symmetric);
+    lab.start_servers();
+    lab.start_player("pA");
+    lab.start_player("pB");
+    let out = lab.cli("pA", &["party", "create", "relayed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let joined = Instant::now();
+    let out = lab.cli("pB", &["party", "join", &invite]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let member = wait_for(Duration::from_secs(20), || {
+        let s = lab.try_status("pB")?;
+        let m = s["party"]["members"][0].clone();
+        (m["path"] == "relay").then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no relayed path: {:#}\n{}\n{}",
+            lab.try_status("pB").unwrap_or_default(),
+            lab.log("pB"),
+            lab.log("relay")
+        )
+    });
+    eprintln!(
+        "relayed after {:.2} s: {member}",
+        joined.elapsed().as_secs_f64()
+    );
+    assert!(
+        member["relay"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(natlab::SRV1)),
+        "{member}"
+    );
+    assert_eq!(lab.ping_loss("pB", "10.66.0.1", 20), 0.0);
+    assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
+
+    lab.kill("relay");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            (lab.ping_loss("pB", "10.66.0.1", 1) > 0.0).then_some(())
+        })
+        .is_some(),
+        "pings still answered with the relay gone: the path was not relayed"
+    );
+    lab.start_relay();
+    let restarted = Instant::now();
+    let back = wait_for(Duration::from_secs(20), || {
+        (lab.ping_loss("pB", "10.66.0.1", 1) == 0.0).then(|| restarted.elapsed())
+    })
+    .unwrap_or_else(|| panic!("the pair never came back: {}", lab.log("pB")));
+    eprintln!(
+        "relayed pair back {:.2} s after the relay restarted",
+        back.as_secs_f64()
+    );
+    assert!(back < Duration::from_secs(10), "took {back:?}");
+}
+
+/// The direct path is cut mid-session (the router in front of A drops everything to and from
+/// B's public address): traffic moves to the relay within 3 s; when the cut is lifted it
+/// moves back to direct within 30 s. A ping every 100 ms throughout loses at most 30.
+#[test]
+fn a_blocked_direct_path_fails_over_to_the_relay_and_back() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::new("fail", Nat::Cone, Nat::Cone);
+    lab.start_servers();
+    lab.start_player("pA");
+    lab.start_player("pB");
+    let out = lab.cli("pA", &["party", "create", "failover"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = lab.cli("pB", &["party", "join", &invite]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = |lab: &NatLab| {
+        lab.try_status("pB")
+            .map(|s| {
+                s["party"]["members"][0]["path"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || (path(&lab) == "direct")
+            .then_some(()))
+        .is_some(),
+        "never direct: {}",
+        lab.log("pB")
+    );
+    // Both relayed addresses are published and probed before the cut.
+    let relayed_ready = wait_for(Duration::from_secs(15), || {
+        let s = lab.try_status("pA")?;
+        (s["relayed"].as_array()?.len() == 1).then_some(())
+    });
+    assert!(
+        relayed_ready.is_some(),
+        "pA holds no relay allocation: {}",
+        lab.log("pA")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    let pinger = lab.spawn_ping("pB", "10.66.0.1", 100, 400);
+    std::thread::sleep(Duration::from_secs(5));
+    let block = |op: &str| {
+        for dir in ["-s", "-d"] {
+            lab.x(
+                "rA",
+                &[
+                    "iptables",
+                    "-w",
+                    op,
+                    "FORWARD",
+                    dir,
+                    "192.0.2.2",
+                    "-j",
+                    "DROP",
+                ],
+            );
+        }
+    };
+    block("-I");
+    let cut = Instant::now();
+    let to_relay = wait_for(Duration::from_secs(10), || {
+        (path(&lab) == "relay").then(|| cut.elapsed())
+    })
+    .unwrap_or_else(|| panic!("never moved to the relay: {}", lab.log("pB")));
+    std::thread::sleep(Duration::from_secs(8));
+    block("-D");
+    let healed = Instant::now();
+    let back = wait_for(Duration::from_secs(40), || {
+        (path(&lab) == "direct").then(|| healed.elapsed())
+    })
+    .unwrap_or_else(|| panic!("never back to direct: {}", lab.log("pB")));
+    let out = pinger.wait_with_output().expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received: u32 = text
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received").and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    eprintln!(
+        "failover to relay {:.2} s, back to direct {:.2} s after the cut was lifted, {} of 400 pings lost",
+        to_relay.as_secs_f64(),
+        back.as_secs_f64(),
+        400 - received
+    );
+    assert!(
+        to_relay < Duration::from_secs(3),
+        "failover took {to_relay:?}"
+    );
+    assert!(back < Duration::from_secs(30), "recovery took {back:?}");
+    assert!(400 - received <= 30, "{} pings lost", 400 - received);
+}
+
+/// coturn as the TURN server (the control plane hands it out with REST credentials signed
+/// with the shared secret): two symmetric NATs meet through it.
+#[test]
+fn daemons_relay_through_coturn() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::new("cot", Nat::Symmetric, Nat::Symmetric);
+    lab.start_servers_with_coturn();
+    lab.start_player("pA");
+    lab.start_player("pB");
+    let out = lab.cli("pA", &["party", "create", "coturn"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = lab.cli("pB", &["party", "join", &invite]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let member = wait_for(Duration::from_secs(20), || {
+        let s = lab.try_status("pB")?;
+        let m = s["party"]["members"][0].clone();
+        (m["path"] == "relay").then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no path through coturn: {}\n{}",
+            lab.log("pB"),
+            lab.log("coturn")
+        )
+    });
+    // coturn: its listen port (our own allocation) or one of its relay ports (the
+    // peer's), never our relay's.
+    let relay = member["relay"].as_str().unwrap_or_default().to_owned();
+    let port: u16 = relay
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        relay.starts_with(natlab::SRV1)
+            && (port == natlab::COTURN_PORT || (50_100..=50_199).contains(&port)),
+        "{member}"
+    );
+    assert_eq!(lab.ping_loss("pB", "10.66.0.1", 20), 0.0);
+    assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
+}
+
+/// coturn's own test client against our relay, with the same secret: allocations,
+/// permissions, channels (`-y`: two clients relaying to each other) and Send indications
+/// (`-s`), every message echoed; a wrong secret gets no allocation.
+#[test]
+fn coturn_test_client_works_against_our_relay() {
+    harness::require_root_and_tools();
+    let ns = format!("lru{}", std::process::id() % 100_000);
+    let _cleanup = harness::Netns::new(&ns);
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut relay = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            BIN,
+            "relay",
+            "--listen",
+            "127.0.0.1:3478",
+        ])
+        .args(["--secret", "uclient-secret", "--relay-ports", "50000-50015"])
+        .stdout(log.reopen().expect("log"))
+        .stderr(log.reopen().expect("log"))
+        .spawn()
+        .expect("relay");
+    std::thread::sleep(Duration::from_millis(500));
+    let uclient = |extra: &[&str], secret: &str| {
+        let out = run(Command::new("timeout")
+            .args(["30", "ip", "netns", "exec", &ns, "turnutils_uclient"])
+            .args([
+                "-W",
+                secret,
+                "-u",
+                "lanrage-test",
+                "-n",
+                "50",
+                "-m",
+                "2",
+                "-y",
+            ])
+            .args(extra)
+            .arg("127.0.0.1"));
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    for mode in [&[][..], &["-s"][..]] {
+        let out = uclient(mode, "uclient-secret");
+        let totals = out
+            .lines()
+            .rev()
+            .find_map(|l| l.split("tot_send_msgs=").nth(1))
+            .unwrap_or_else(|| panic!("no totals from turnutils_uclient {mode:?}:\n{out}"));
+        let nums: Vec<u32> = totals
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        eprintln!("turnutils_uclient {mode:?}: sent/received {nums:?}");
+        assert!(
+            nums.len() >= 2 && nums[0] == 200 && nums[1] == 200,
+            "{mode:?}:\n{out}"
+        );
+        assert!(out.contains("Total lost packets 0 "), "{mode:?}:\n{out}");
+    }
+    let out = uclient(&[], "not-the-secret");
+    assert!(out.contains("Cannot complete Allocation"), "{out}");
+    let _ = relay.kill();
+    let _ = relay.wait();
 }
 
 /// Every pair of NAT flavours: the final path, the time from `party join` to the first ping

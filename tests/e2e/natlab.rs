@@ -1,7 +1,7 @@
 //! Players behind real Linux NAT routers, after the shared testbed's topology:
 //!
 //! ```text
-//!   srv 203.0.113.10 + .11 (control plane, STUN on both)
+//!   srv 203.0.113.10 + .11 (control plane; relay: STUN on both, TURN on .10)
 //!          │
 //!        inet (plain router)
 //!      ┌───┴───┐
@@ -48,8 +48,13 @@ impl Nat {
 pub struct NatLab {
     prefix: String,
     pub dir: tempfile::TempDir,
-    procs: Vec<Child>,
+    procs: Vec<(String, Child)>,
 }
+
+/// The TURN secret the lab's control plane and relay share.
+pub const TURN_SECRET: &str = "natlab-turn-secret";
+/// Where coturn listens when it is the lab's TURN server.
+pub const COTURN_PORT: u16 = 3480;
 
 pub const SRV1: &str = "203.0.113.10";
 pub const SRV2: &str = "203.0.113.11";
@@ -186,43 +191,128 @@ impl NatLab {
     }
 
     fn spawn(&mut self, ns: &str, log: &str, args: &[&str]) {
+        self.spawn_program(ns, log, BIN, args);
+    }
+
+    fn spawn_program(&mut self, ns: &str, log: &str, program: &str, args: &[&str]) {
         let file = std::fs::File::create(self.dir.path().join(format!("{log}.log"))).expect("log");
         let err = file.try_clone().expect("log");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(ns), BIN])
+            .args(["netns", "exec", &self.ns(ns), program])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("LANRAGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(file)
             .stderr(err)
             .spawn()
             .expect("spawn");
-        self.procs.push(child);
+        self.procs.push((log.to_owned(), child));
     }
 
-    /// Control plane and STUN on the public server.
-    pub fn start_servers(&mut self) {
-        let db = format!("sqlite://{}", self.dir.path().join("control.db").display());
-        self.spawn(
-            "srv",
-            "control",
-            &[
-                "control",
-                "--listen",
-                &format!("{SRV1}:8667"),
-                "--database",
-                &db,
-            ],
-        );
+    /// Kills a process started under the log name `name` (SIGKILL: a crash).
+    pub fn kill(&mut self, name: &str) {
+        for (n, c) in &mut self.procs {
+            if n == name {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.procs.retain(|(n, _)| n != name);
+    }
+
+    /// The relay: STUN on two IPs × two ports (the RFC 5780 set that lets daemons test
+    /// filtering), TURN on the first, registered with the control plane.
+    pub fn start_relay(&mut self) {
+        let control = format!("http://{SRV1}:8667");
         self.spawn(
             "srv",
             "relay",
-            // Two IPs × two ports: the RFC 5780 set that lets daemons test filtering.
+            &[
+                "relay",
+                "--listen",
+                &format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479,{SRV2}:3479"),
+                "--secret",
+                TURN_SECRET,
+                "--relay-ports",
+                "50000-50063",
+                "--control",
+                &control,
+            ],
+        );
+    }
+
+    /// Control plane and relay (STUN + TURN) on the public server.
+    pub fn start_servers(&mut self) {
+        self.start_control(&[]);
+        self.start_relay();
+        self.wait_for_control();
+    }
+
+    /// Control plane and a STUN-only relay of ours, with coturn (`use-auth-secret`, the
+    /// same secret) as the TURN server the control plane hands out.
+    pub fn start_servers_with_coturn(&mut self) {
+        let coturn = format!("{SRV1}:{COTURN_PORT}");
+        self.start_control(&["--turn", &coturn]);
+        self.spawn(
+            "srv",
+            "relay",
             &[
                 "relay",
                 "--listen",
                 &format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479,{SRV2}:3479"),
             ],
         );
+        let secret = format!("--static-auth-secret={TURN_SECRET}");
+        let port = COTURN_PORT.to_string();
+        self.spawn_program(
+            "srv",
+            "coturn",
+            "turnserver",
+            &[
+                "-n",
+                "--use-auth-secret",
+                &secret,
+                "--realm=lanrage-lab",
+                "--listening-ip",
+                SRV1,
+                "--relay-ip",
+                SRV1,
+                "--listening-port",
+                &port,
+                "--min-port",
+                "50100",
+                "--max-port",
+                "50199",
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp",
+                "--no-cli",
+                "--no-rfc5780",
+                "--log-file=stdout",
+            ],
+        );
+        self.wait_for_control();
+    }
+
+    fn start_control(&mut self, extra: &[&str]) {
+        let db = format!("sqlite://{}", self.dir.path().join("control.db").display());
+        let listen = format!("{SRV1}:8667");
+        let mut args = vec![
+            "control",
+            "--listen",
+            &listen,
+            "--database",
+            &db,
+            "--turn-secret",
+            TURN_SECRET,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn("srv", "control", &args);
+    }
+
+    fn wait_for_control(&self) {
         let ns = self.ns("srv");
         let up = wait_for(Duration::from_secs(10), || {
             run(Command::new("ip").args([
@@ -283,6 +373,27 @@ impl NatLab {
             .then(|| serde_json::from_slice(&out.stdout).ok())?
     }
 
+    /// A ping running in the background: `count` echoes every `interval_ms`.
+    pub fn spawn_ping(&self, player: &str, ip: &str, interval_ms: u32, count: u32) -> Child {
+        let interval = format!("{:.3}", f64::from(interval_ms) / 1000.0);
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(player),
+                "ping",
+                "-n",
+                "-q",
+                "-W",
+                "1",
+            ])
+            .args(["-i", &interval, "-c", &count.to_string(), ip])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ping")
+    }
+
     pub fn ping_loss(&self, player: &str, ip: &str, count: u32) -> f64 {
         crate::harness::ping_loss_in(&self.ns(player), ip, count)
     }
@@ -294,7 +405,7 @@ impl NatLab {
 
 impl Drop for NatLab {
     fn drop(&mut self) {
-        for c in &mut self.procs {
+        for (_, c) in &mut self.procs {
             let _ = c.kill();
             let _ = c.wait();
         }

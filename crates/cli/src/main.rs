@@ -27,7 +27,8 @@ enum Cmd {
     Up(UpArgs),
     /// Run a control-plane server.
     Control(ControlArgs),
-    /// Run a relay: today a STUN server, so players learn their public address and NAT type.
+    /// Run a relay: STUN (public address, NAT type) and, with --secret, TURN for peers
+    /// that cannot reach each other directly.
     Relay(RelayArgs),
     /// Create, join and manage a party.
     Party {
@@ -96,6 +97,17 @@ struct ControlArgs {
     /// Network new parties get.
     #[arg(long, env = "LANRAGE_NETWORK", default_value = lanrage_proto::DEFAULT_PARTY_NETWORK)]
     network: lanrage_control::PartyNetwork,
+    /// Secret shared with the relays (and with coturn's `static-auth-secret`): TURN
+    /// credentials are issued with it and relay registrations checked against it.
+    #[arg(long, env = "LANRAGE_TURN_SECRET")]
+    turn_secret: Option<String>,
+    /// A STUN server to hand to daemons besides the registered relays (repeatable).
+    #[arg(long = "stun", value_delimiter = ',')]
+    stun: Vec<SocketAddr>,
+    /// A TURN server to hand to daemons besides the registered relays, e.g. a coturn
+    /// with `use-auth-secret` (repeatable; needs --turn-secret).
+    #[arg(long = "turn", value_delimiter = ',')]
+    turn: Vec<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -109,6 +121,41 @@ struct RelayArgs {
         default_value = "0.0.0.0:3478"
     )]
     listen: Vec<SocketAddr>,
+    /// TURN shared secret (TURN REST credentials); without it only STUN is served.
+    #[arg(long, env = "LANRAGE_RELAY_SECRET")]
+    secret: Option<String>,
+    /// UDP ports for relayed addresses, one allocation each (at most 4096 ports).
+    #[arg(long, default_value = "49152-49407", value_parser = parse_port_range)]
+    relay_ports: (u16, u16),
+    /// IP relayed addresses are announced with (default: the first --listen IP).
+    #[arg(long)]
+    relay_ip: Option<std::net::IpAddr>,
+    /// Control plane to register with (heartbeat every 10 s); needs --secret.
+    #[arg(long, env = "LANRAGE_CONTROL")]
+    control: Option<String>,
+    /// Region announced to the control plane.
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Allocations one user may hold at once.
+    #[arg(long, default_value_t = 10)]
+    user_quota: usize,
+    /// Per-allocation rate limit in Mbit/s.
+    #[arg(long, default_value_t = 50)]
+    rate_limit_mbps: u64,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected FIRST-LAST, got {s:?}"))?;
+    let a: u16 = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!(
+            "{s:?} is not a range of ports (1-65535, first <= last)"
+        ));
+    }
+    Ok((a, b))
 }
 
 #[derive(Subcommand)]
@@ -170,10 +217,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up(args) => up(args).await,
         Cmd::Control(args) => control(args).await,
-        Cmd::Relay(args) => {
-            init_logging();
-            lanrage_relay::serve(&args.listen, shutdown_signal()).await
-        }
+        Cmd::Relay(args) => relay(args).await,
         Cmd::Party { action, local } => {
             let c = client::LocalClient::new(&local);
             match action {
@@ -248,12 +292,73 @@ async fn control(args: ControlArgs) -> anyhow::Result<()> {
     let mut config = lanrage_control::ControlConfig::new(args.database);
     config.public_url = args.public_url;
     config.network = args.network;
+    if !args.turn.is_empty() && args.turn_secret.is_none() {
+        anyhow::bail!("--turn needs --turn-secret: TURN servers get credentials signed with it");
+    }
+    config.ice.turn_secret = args.turn_secret;
+    config.ice.stun = args.stun;
+    config.ice.turn = args.turn;
     let control = lanrage_control::Control::open(config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
     tracing::info!(listen = %args.listen, "control plane up");
     control.serve(listener, shutdown_signal()).await
+}
+
+async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    init_logging();
+    let first = args
+        .listen
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("--listen needs at least one address"))?;
+    let turn = args
+        .secret
+        .clone()
+        .map(|secret| lanrage_relay::TurnOptions {
+            config: lanrage_relay::turn::Config {
+                secret: secret.into_bytes(),
+                user_quota: args.user_quota,
+                rate_bytes_per_sec: args.rate_limit_mbps.saturating_mul(125_000),
+            },
+            relay_ip: args.relay_ip.unwrap_or(first.ip()),
+            ports: args.relay_ports.0..=args.relay_ports.1,
+        });
+    let relay = lanrage_relay::Relay::bind(&lanrage_relay::Options {
+        listen: args.listen.clone(),
+        turn,
+    })
+    .await?;
+    let registration = match (&args.control, &args.secret) {
+        (Some(control), Some(secret)) => {
+            let addrs = relay.listen_addrs();
+            if addrs.iter().any(|a| a.ip().is_unspecified()) {
+                anyhow::bail!(
+                    "--control needs --listen on specific IPs: they are what the relay announces"
+                );
+            }
+            Some(tokio::spawn(lanrage_relay::register::run(
+                lanrage_relay::register::Registration {
+                    control: control.clone(),
+                    secret: secret.clone(),
+                    id: format!("relay-{first}"),
+                    region: args.region.clone(),
+                    addrs,
+                },
+                relay.handle(),
+            )))
+        }
+        (Some(_), None) => {
+            anyhow::bail!("--control needs --secret: registrations are signed with it")
+        }
+        _ => None,
+    };
+    relay.run(shutdown_signal()).await;
+    if let Some(r) = registration {
+        r.abort();
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed now, not when the future is

@@ -9,6 +9,7 @@ mod error;
 mod hub;
 mod net;
 mod parties;
+mod relays;
 mod routes;
 mod store;
 
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use net::PartyNetwork;
+pub use relays::IceConfig;
 
 /// Settings of one control-plane instance.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct ControlConfig {
     /// Devices allowed to create parties; `None`: any signed-in device. A daemon in host
     /// mode lists only itself, so its open port is not a party service for strangers.
     pub creators: Option<Vec<lanrage_proto::DeviceKey>>,
+    /// STUN and TURN servers handed to devices, and the secret shared with relays.
+    pub ice: IceConfig,
 }
 
 impl ControlConfig {
@@ -48,6 +52,10 @@ impl ControlConfig {
             network: PartyNetwork::default(),
             liveness: Liveness::default(),
             creators: None,
+            ice: IceConfig {
+                credential_ttl: Duration::from_secs(12 * 3600),
+                ..IceConfig::default()
+            },
         }
     }
 }

@@ -1,12 +1,11 @@
 //! The domain rules: parties, membership, addresses, liveness and signalling.
 
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use lanrage_proto::api::{
-    ChallengeResponse, CreatePartyRequest, JoinPartyRequest, MemberView, PartyResponse, PartyView,
-    ServerMessage, TokenRequest, TokenResponse,
+    CandidatesRequest, ChallengeResponse, CreatePartyRequest, JoinPartyRequest, MemberView,
+    PartyResponse, PartyView, ServerMessage, TokenRequest, TokenResponse,
 };
 use lanrage_proto::{DeviceKey, InviteCode, PartyId, PartySecret};
 use rand::RngCore;
@@ -48,6 +47,7 @@ pub struct Service {
     /// Membership changes run one at a time per instance; the UNIQUE constraints on
     /// addresses and names back this up in the database.
     writes: Mutex<()>,
+    pub relays: crate::relays::Relays,
 }
 
 impl Service {
@@ -59,6 +59,7 @@ impl Service {
             challenges: Challenges::default(),
             started_ms: now_ms(),
             writes: Mutex::new(()),
+            relays: crate::relays::Relays::default(),
         }
     }
 
@@ -351,12 +352,21 @@ impl Service {
         &self,
         device: DeviceKey,
         id: PartyId,
-        candidates: Vec<SocketAddr>,
+        candidates: CandidatesRequest,
     ) -> Result<PartyView, ApiError> {
-        if candidates.len() > MAX_CANDIDATES {
+        if candidates.candidates.len() > MAX_CANDIDATES {
             return Err(ApiError::bad_request(format!(
                 "at most {MAX_CANDIDATES} candidate addresses"
             )));
+        }
+        if candidates
+            .relayed
+            .iter()
+            .any(|r| !candidates.candidates.contains(r))
+        {
+            return Err(ApiError::bad_request(
+                "every relayed address must also be a candidate",
+            ));
         }
         let json = serde_json::to_string(&candidates).map_err(ApiError::internal)?;
         let _w = self.writes.lock().await;
@@ -560,13 +570,17 @@ impl Service {
         let members = store::members(c, id)
             .await?
             .into_iter()
-            .map(|m| MemberView {
-                public_key: m.public_key,
-                name: m.name,
-                virtual_ip: network.addr(m.host_offset),
-                joined_at: m.joined_at,
-                online: !m.away,
-                candidates: serde_json::from_str(&m.candidates).unwrap_or_default(),
+            .map(|m| {
+                let c = stored_candidates(&m.candidates);
+                MemberView {
+                    public_key: m.public_key,
+                    name: m.name,
+                    virtual_ip: network.addr(m.host_offset),
+                    joined_at: m.joined_at,
+                    online: !m.away,
+                    candidates: c.candidates,
+                    relayed: c.relayed,
+                }
             })
             .collect();
         Ok(PartyView {
@@ -625,4 +639,13 @@ fn unique_name<'a>(name: &str, taken: impl Iterator<Item = &'a str> + Clone) -> 
         .map(|i| format!("{name}-{i}"))
         .find(|c| !taken.clone().any(|t| t == c))
         .unwrap_or_else(|| name.to_owned())
+}
+
+/// A member's stored candidates: a `CandidatesRequest` as JSON, or (rows written before
+/// relayed candidates existed) a bare address list.
+fn stored_candidates(json: &str) -> CandidatesRequest {
+    serde_json::from_str(json).unwrap_or_else(|_| CandidatesRequest {
+        candidates: serde_json::from_str(json).unwrap_or_default(),
+        relayed: Vec::new(),
+    })
 }

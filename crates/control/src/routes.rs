@@ -16,7 +16,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use lanrage_proto::PartyId;
 use lanrage_proto::api::{
     CandidatesRequest, ChallengeRequest, ClientMessage, CreatePartyRequest, JoinPartyRequest,
-    KickRequest, LockRequest, ServerMessage, TokenRequest,
+    KickRequest, LockRequest, RelayRegistration, ServerMessage, TokenRequest,
 };
 use serde_json::json;
 
@@ -44,6 +44,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/parties/{id}/candidates", put(candidates))
         .route("/v1/parties/{id}/invite", get(invite))
         .route("/v1/ws", get(ws))
+        .route("/v1/ice", get(ice))
+        .route("/v1/relays", post(register_relay))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(svc)
@@ -172,6 +174,42 @@ async fn create(
     Ok((StatusCode::CREATED, Json(svc.create(d, req, &base).await?)).into_response())
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `GET /v1/ice`: STUN and TURN servers with credentials for this device.
+async fn ice(State(svc): Svc, Device(d): Device) -> Json<lanrage_proto::api::IceServers> {
+    Json(
+        svc.relays
+            .ice_for(&svc.config.ice, &d, std::time::Instant::now(), unix_now()),
+    )
+}
+
+/// `POST /v1/relays`: a relay's registration or heartbeat.
+async fn register_relay(
+    State(svc): Svc,
+    headers: axum::http::HeaderMap,
+    ApiJson(reg): ApiJson<RelayRegistration>,
+) -> Result<Response, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !crate::relays::Relays::authorized(&svc.config.ice, auth, unix_now()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "relay_unauthorized",
+            "relay registration needs a valid signature with the TURN secret",
+        ));
+    }
+    svc.relays
+        .register(reg, std::time::Instant::now())
+        .map_err(ApiError::bad_request)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn view(State(svc): Svc, Device(d): Device, Party(id): Party) -> Result<Response, ApiError> {
     Ok(Json(svc.view(d, id).await?).into_response())
 }
@@ -223,7 +261,7 @@ async fn candidates(
     Party(id): Party,
     ApiJson(req): ApiJson<CandidatesRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(svc.set_candidates(d, id, req.candidates).await?).into_response())
+    Ok(Json(svc.set_candidates(d, id, req).await?).into_response())
 }
 
 async fn invite(

@@ -6,7 +6,8 @@ pub mod demux;
 pub mod packet;
 pub mod party;
 pub mod stun;
+pub mod turn;
 pub mod wg;
 
 pub use demux::{PacketClass, classify};
-pub use wg::{Counters, Node, PeerStats, Transmit};
+pub use wg::{Counters, Node, PeerStats, Route, Transmit};

@@ -28,6 +28,8 @@ pub struct CheckedPeer {
     pub key: DeviceKey,
     pub virtual_ip: Ipv4Addr,
     pub candidates: Vec<SocketAddr>,
+    /// The candidates that are TURN relayed addresses.
+    pub relayed: Vec<SocketAddr>,
 }
 
 /// Why a view was refused.
@@ -66,7 +68,7 @@ pub fn check_view(view: &PartyView, me: &DeviceKey) -> Result<CheckedView, ViewE
             local_ip = Some(m.virtual_ip);
             continue;
         }
-        let candidates = m
+        let candidates: Vec<SocketAddr> = m
             .candidates
             .iter()
             .filter(|c| {
@@ -79,6 +81,12 @@ pub fn check_view(view: &PartyView, me: &DeviceKey) -> Result<CheckedView, ViewE
         peers.push(CheckedPeer {
             key: m.public_key,
             virtual_ip: m.virtual_ip,
+            relayed: m
+                .relayed
+                .iter()
+                .filter(|r| candidates.contains(r))
+                .copied()
+                .collect(),
             candidates,
         });
     }
@@ -136,6 +144,7 @@ mod tests {
                 .iter()
                 .map(|c| c.parse().expect("addr"))
                 .collect(),
+            relayed: Vec::new(),
         }
     }
 

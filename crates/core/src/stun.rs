@@ -87,24 +87,32 @@ fn encode(msg: Message<Attr>) -> Vec<u8> {
         .expect("a Binding message with at most two addresses always encodes")
 }
 
-/// Reads CHANGE-REQUEST straight from the attribute list. RFC 5780 §7.2 puts "change IP"
-/// at 0x04 and "change port" at 0x02; stun_codec 0.4.0 encodes them so but decodes 0x02 as
-/// the IP flag and 0x01 as the port flag, so its decoded value cannot be used.
-fn raw_change_request(datagram: &[u8]) -> Option<Change> {
+/// The value of the first attribute of type `kind` in a STUN message, read straight from
+/// the bytes (for attributes whose `stun_codec` decoding cannot be used).
+pub fn raw_attribute(datagram: &[u8], kind: u16) -> Option<&[u8]> {
     let mut rest = datagram.get(20..)?;
     while rest.len() >= 4 {
-        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let k = u16::from_be_bytes([rest[0], rest[1]]);
         let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
         let value = rest.get(4..4 + len)?;
-        if kind == ChangeRequest::CODEPOINT && len == 4 {
-            return Some(Change {
-                ip: value[3] & 0x04 != 0,
-                port: value[3] & 0x02 != 0,
-            });
+        if k == kind {
+            return Some(value);
         }
         rest = rest.get(4 + len.next_multiple_of(4)..)?;
     }
     None
+}
+
+/// Reads CHANGE-REQUEST straight from the attribute list. RFC 5780 §7.2 puts "change IP"
+/// at 0x04 and "change port" at 0x02; stun_codec 0.4.0 encodes them so but decodes 0x02 as
+/// the IP flag and 0x01 as the port flag, so its decoded value cannot be used.
+fn raw_change_request(datagram: &[u8]) -> Option<Change> {
+    let value = raw_attribute(datagram, ChangeRequest::CODEPOINT)?;
+    let flags = *value.get(3).filter(|_| value.len() == 4)?;
+    Some(Change {
+        ip: flags & 0x04 != 0,
+        port: flags & 0x02 != 0,
+    })
 }
 
 /// Decodes a Binding request or success response; anything else (other methods, errors,

@@ -44,10 +44,27 @@ use crate::packet::{self, Probe, ProbeKind};
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// How often WireGuard's own timers are serviced; they have one-second resolution.
 const TIMER_TICK: Duration = Duration::from_millis(250);
-/// How often each peer is probed for latency; also keeps NAT bindings and the session warm.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the path in use is probed: latency, consent freshness, and the NAT binding.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often every other path is probed, so the next one is ready when the current fails.
+const BACKUP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Paths that never answered are probed this rarely after [`PUNCH_WINDOW`].
+const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// The path in use is dead when its last answered probe is older than this: with probes
+/// every 250 ms that is about five lost in a row, so a failed path is left within 1.5 s.
+const PATH_DEAD_AFTER: Duration = Duration::from_millis(1_200);
+/// Other paths, probed once a second, are dead after this (two probes lost).
+const BACKUP_DEAD_AFTER: Duration = Duration::from_millis(2_500);
 /// A peer heard from within this window is on a working path.
 const ALIVE_WINDOW: Duration = Duration::from_secs(5);
+/// A path is worth leaving for another of the same kind only if that one is this much
+/// faster (ratio) and by at least [`SWITCH_MIN_GAIN`]: no flapping between near-equals.
+const SWITCH_RATIO: f64 = 0.7;
+const SWITCH_MIN_GAIN: Duration = Duration::from_millis(2);
+/// Paths learned from incoming packets (peer-reflexive, relayed) kept per peer.
+const MAX_LEARNED_PATHS: usize = 8;
+/// Probes awaiting their pong, per peer.
+const MAX_PENDING_PROBES: usize = 64;
 /// While a peer has not answered, a fresh handshake initiation goes to its candidates this
 /// often (instead of WireGuard's 5 s REKEY_TIMEOUT): a NAT that filters by address drops
 /// the first packets from a peer until our own packet to it opened the way, and the peer's
@@ -63,10 +80,42 @@ const CONNECT_GRACE: Duration = Duration::from_secs(15);
 /// waited for a handshake or a scheduler hiccup does not skew it.
 const RTT_SAMPLES: usize = 8;
 
-/// A datagram to send on the UDP socket.
+/// How a datagram travels between this device and a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    /// Straight from the UDP socket to this address (which may be the peer's TURN relayed
+    /// address: then the peer's relay carries it).
+    Direct(SocketAddr),
+    /// Through this device's own TURN allocation on `server`, to `peer` as the relay sees
+    /// it (a peer that reached us on our relayed address is answered this way).
+    Relay {
+        server: SocketAddr,
+        peer: SocketAddr,
+    },
+}
+
+impl Route {
+    /// The peer's address on this route (as the relay sees it, when through ours).
+    pub fn peer_addr(&self) -> SocketAddr {
+        match self {
+            Route::Direct(a) | Route::Relay { peer: a, .. } => *a,
+        }
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Direct(a) => write!(f, "{a}"),
+            Route::Relay { server, peer } => write!(f, "{peer} via relay {server}"),
+        }
+    }
+}
+
+/// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
-    pub dst: SocketAddr,
+    pub dst: Route,
     pub payload: Vec<u8>,
 }
 
@@ -91,8 +140,14 @@ pub struct Counters {
 pub struct PeerStats {
     pub key: DeviceKey,
     pub virtual_ip: Ipv4Addr,
-    pub endpoint: Option<SocketAddr>,
+    /// Where traffic to the peer goes now.
+    pub endpoint: Option<Route>,
     pub path: PathKind,
+    /// The relay address traffic passes through, when relayed: the peer's relayed address,
+    /// or our own relay server.
+    pub relay: Option<SocketAddr>,
+    /// How often the path in use changed.
+    pub path_changes: u64,
     /// Median of the recent probe round trips.
     pub srtt: Option<Duration>,
     pub last_handshake: Option<Duration>,
@@ -130,15 +185,214 @@ struct Peer {
     last_init: Option<Instant>,
     virtual_ip: Ipv4Addr,
     candidates: Vec<SocketAddr>,
-    endpoint: Option<SocketAddr>,
+    /// The candidates that are the peer's TURN relayed addresses.
+    relayed: Vec<SocketAddr>,
+    /// Every way to the peer known: one per candidate, and routes learned from packets.
+    paths: Vec<Path>,
+    /// The route traffic goes on; `None` until a path answered (then initiations go to
+    /// every candidate).
+    endpoint: Option<Route>,
+    path_changes: u64,
     tunn: Tunn,
     added_at: Instant,
     last_rx: Option<Instant>,
+    /// Before a session exists: when the next probe (which starts a handshake) is due.
     next_probe: Instant,
     probe_seq: u32,
+    /// Probes in flight: sequence number and the route each went on.
+    pending: VecDeque<(u32, Route)>,
     rtts: VecDeque<Duration>,
     rx_bytes: u64,
     tx_bytes: u64,
+}
+
+/// One way to a peer (an ICE candidate pair, in RFC 8445 terms, with this device's one
+/// socket — or its TURN allocation — as the local side).
+#[derive(Debug, Clone)]
+struct Path {
+    route: Route,
+    /// Through a relay (ours or the peer's).
+    relayed: bool,
+    /// Learned from an incoming packet rather than published by the peer.
+    learned: bool,
+    /// Last answered probe, or authenticated handshake, on this path: proof it works both
+    /// ways.
+    last_ok: Option<Instant>,
+    /// Last authenticated packet that arrived on this path.
+    last_rx: Option<Instant>,
+    added: Instant,
+    next_probe: Instant,
+    rtts: VecDeque<Duration>,
+}
+
+impl Path {
+    fn new(route: Route, relayed: bool, learned: bool, now: Instant) -> Self {
+        Self {
+            route,
+            relayed,
+            learned,
+            last_ok: None,
+            last_rx: None,
+            added: now,
+            next_probe: now,
+            rtts: VecDeque::with_capacity(RTT_SAMPLES),
+        }
+    }
+
+    /// Whether the path answered recently enough: the path in use is probed more often,
+    /// so it is held to a shorter window.
+    fn alive(&self, now: Instant, in_use: bool) -> bool {
+        let window = if in_use {
+            PATH_DEAD_AFTER
+        } else {
+            BACKUP_DEAD_AFTER
+        };
+        self.last_ok
+            .is_some_and(|t| now.saturating_duration_since(t) <= window)
+    }
+
+    fn rtt(&self) -> Duration {
+        median(&self.rtts).unwrap_or(Duration::from_secs(1))
+    }
+}
+
+impl Peer {
+    fn is_relayed(&self, route: Route) -> bool {
+        match route {
+            Route::Direct(a) => self.relayed.contains(&a),
+            Route::Relay { .. } => true,
+        }
+    }
+
+    /// One path per candidate; learned paths stay.
+    fn sync_paths(&mut self, now: Instant) {
+        let candidates = &self.candidates;
+        self.paths.retain(|p| {
+            p.learned || matches!(p.route, Route::Direct(a) if candidates.contains(&a))
+        });
+        for i in 0..self.candidates.len() {
+            let route = Route::Direct(self.candidates[i]);
+            let relayed = self.is_relayed(route);
+            match self.paths.iter_mut().find(|p| p.route == route) {
+                Some(p) => p.relayed = relayed,
+                None => self.paths.push(Path::new(route, relayed, false, now)),
+            }
+        }
+        if let Some(e) = self.endpoint
+            && !self.paths.iter().any(|p| p.route == e)
+        {
+            self.endpoint = None;
+        }
+    }
+
+    fn path_index(&mut self, route: Route, now: Instant) -> usize {
+        if let Some(i) = self.paths.iter().position(|p| p.route == route) {
+            return i;
+        }
+        let learned = self.paths.iter().filter(|p| p.learned).count();
+        if learned >= MAX_LEARNED_PATHS {
+            let endpoint = self.endpoint;
+            if let Some(i) = self
+                .paths
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.learned && Some(p.route) != endpoint)
+                .min_by_key(|(_, p)| p.last_rx.unwrap_or(p.added))
+                .map(|(i, _)| i)
+            {
+                self.paths.remove(i);
+            }
+        }
+        let relayed = self.is_relayed(route);
+        self.paths.push(Path::new(route, relayed, true, now));
+        self.paths.len() - 1
+    }
+
+    /// An authenticated packet arrived on `route`; `confirmed` when it proves the path
+    /// works both ways (a handshake message answering or starting one).
+    fn heard(&mut self, route: Route, now: Instant, confirmed: bool) {
+        let i = self.path_index(route, now);
+        let path = &mut self.paths[i];
+        path.last_rx = Some(now);
+        if confirmed {
+            path.last_ok = Some(now);
+        }
+        if path.last_ok.is_none() {
+            path.next_probe = now; // a new way in: check it at once
+        }
+        self.last_rx = Some(now);
+        let current_alive = self
+            .endpoint
+            .and_then(|e| self.paths.iter().find(|p| p.route == e))
+            .is_some_and(|p| p.alive(now, true));
+        // Start on the first path that works; follow a roaming peer when the current
+        // path has gone quiet (WireGuard's own endpoint rule, kept for dead paths only).
+        if !current_alive && self.endpoint != Some(route) {
+            self.set_endpoint(Some(route));
+        }
+    }
+
+    /// The next Ping, remembered with the route it goes on (`None`: the endpoint).
+    fn next_ping(&mut self, sent_ns: u64, route: Option<Route>) -> Probe {
+        self.probe_seq = self.probe_seq.wrapping_add(1);
+        if let Some(route) = route.or(self.endpoint) {
+            if self.pending.len() == MAX_PENDING_PROBES {
+                self.pending.pop_front();
+            }
+            self.pending.push_back((self.probe_seq, route));
+        }
+        Probe {
+            kind: ProbeKind::Ping,
+            seq: self.probe_seq,
+            sent_ns,
+        }
+    }
+
+    fn set_endpoint(&mut self, route: Option<Route>) {
+        if self.endpoint != route {
+            tracing::debug!(from = ?self.endpoint, to = ?route, "path change");
+            self.endpoint = route;
+            self.path_changes += 1;
+        }
+    }
+
+    /// Moves traffic to the best working path: any direct path over a relayed one, a much
+    /// faster path over a slower one of the same kind, and anything alive over a dead one.
+    fn choose(&mut self, now: Instant) {
+        let endpoint = self.endpoint;
+        let best = self
+            .paths
+            .iter()
+            .filter(|p| p.alive(now, Some(p.route) == endpoint))
+            .min_by_key(|p| (p.relayed, p.rtt()))
+            .map(|p| (p.route, p.relayed, p.rtt()));
+        let current = self
+            .endpoint
+            .and_then(|e| self.paths.iter().find(|p| p.route == e))
+            .map(|p| (p.alive(now, true), p.relayed, p.rtt()));
+        let Some((route, relayed, rtt)) = best else {
+            // Nothing answers: after a while, go back to trying every published address.
+            if self
+                .last_rx
+                .is_none_or(|t| now.saturating_duration_since(t) > ENDPOINT_STALE)
+            {
+                self.set_endpoint(None);
+            }
+            return;
+        };
+        let switch = match current {
+            None | Some((false, _, _)) => true,
+            Some((true, cur_relayed, cur_rtt)) => {
+                (cur_relayed && !relayed)
+                    || (cur_relayed == relayed
+                        && rtt.as_secs_f64() < cur_rtt.as_secs_f64() * SWITCH_RATIO
+                        && cur_rtt.saturating_sub(rtt) >= SWITCH_MIN_GAIN)
+            }
+        };
+        if switch {
+            self.set_endpoint(Some(route));
+        }
+    }
 }
 
 impl Node {
@@ -200,6 +454,7 @@ impl Node {
         key: DeviceKey,
         virtual_ip: Ipv4Addr,
         candidates: Vec<SocketAddr>,
+        relayed: Vec<SocketAddr>,
         now: Instant,
     ) {
         self.sync_clock(now);
@@ -208,8 +463,12 @@ impl Node {
                 self.by_ip.remove(&peer.virtual_ip);
                 peer.virtual_ip = virtual_ip;
             }
-            let new_addresses = peer.candidates != candidates;
+            let new_addresses = peer.candidates != candidates || peer.relayed != relayed;
             peer.candidates = candidates;
+            peer.relayed = relayed;
+            if new_addresses {
+                peer.sync_paths(now);
+            }
             if new_addresses && peer.endpoint.is_none() {
                 // Earlier initiations went nowhere; try the new addresses now rather than
                 // after the 5 s retransmit timer (whitepaper §6.4 REKEY_TIMEOUT).
@@ -227,23 +486,26 @@ impl Node {
                 Arc::clone(&self.rate_limiter),
                 StdRng::seed_from_u64(self.rng.next_u64()),
             );
-            self.peers.insert(
-                key,
-                Peer {
-                    virtual_ip,
-                    candidates,
-                    endpoint: None,
-                    tunn,
-                    added_at: now,
-                    last_rx: None,
-                    next_probe: now,
-                    last_init: None,
-                    probe_seq: 0,
-                    rtts: VecDeque::with_capacity(RTT_SAMPLES),
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                },
-            );
+            let mut peer = Peer {
+                virtual_ip,
+                candidates,
+                relayed,
+                paths: Vec::new(),
+                endpoint: None,
+                path_changes: 0,
+                tunn,
+                added_at: now,
+                last_rx: None,
+                next_probe: now,
+                last_init: None,
+                probe_seq: 0,
+                pending: VecDeque::new(),
+                rtts: VecDeque::with_capacity(RTT_SAMPLES),
+                rx_bytes: 0,
+                tx_bytes: 0,
+            };
+            peer.sync_paths(now);
+            self.peers.insert(key, peer);
         }
         self.by_ip.insert(virtual_ip, key);
     }
@@ -274,11 +536,11 @@ impl Node {
         self.send_to_peer(key, packet, now);
     }
 
-    /// Handles a WireGuard datagram received from `from`.
-    pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+    /// Handles a WireGuard datagram that arrived by `from`.
+    pub fn handle_datagram(&mut self, from: Route, datagram: &[u8], now: Instant) {
         self.sync_clock(now);
         let packet = Packet::from_bytes(BytesMut::from(datagram));
-        let wg = match self.rate_limiter.verify_packet(from, packet) {
+        let wg = match self.rate_limiter.verify_packet(from.peer_addr(), packet) {
             Ok(wg) => wg,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 // Under load: answer with a cookie instead of doing the DH work.
@@ -304,24 +566,22 @@ impl Node {
             }
             TunnResult::WriteToNetwork(reply) => {
                 // Only authenticated handshake messages produce a reply: the sender is
-                // the peer, so `from` is where it can be reached now.
-                peer.endpoint = Some(from);
-                peer.last_rx = Some(now);
-                self.queue_wg(key, reply);
+                // the peer, and the reply goes back the way the message came.
+                peer.heard(from, now, true);
+                self.send_wg_via(key, reply, from);
                 self.flush_queued(key);
             }
             TunnResult::WriteToTunnel(inner) => {
-                peer.endpoint = Some(from);
-                peer.last_rx = Some(now);
+                peer.heard(from, now, false);
                 let inner: &[u8] = inner.as_ref();
                 peer.rx_bytes += inner.len() as u64;
-                self.deliver(key, inner, now);
+                self.deliver(key, from, inner, now);
                 self.flush_queued(key);
             }
         }
     }
 
-    /// Services WireGuard's timers and sends due probes.
+    /// Services WireGuard's timers, sends due probes and picks each peer's path.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sync_clock(now);
         if now >= self.next_tick {
@@ -331,14 +591,7 @@ impl Node {
                 let Some(peer) = self.peers.get_mut(&key) else {
                     continue;
                 };
-                if peer.endpoint.is_some()
-                    && peer
-                        .last_rx
-                        .is_none_or(|t| now.saturating_duration_since(t) > ENDPOINT_STALE)
-                {
-                    // The learned address went quiet: try every published one again.
-                    peer.endpoint = None;
-                }
+                peer.choose(now);
                 let unanswered_for =
                     now.saturating_duration_since(peer.last_rx.unwrap_or(peer.added_at));
                 // Only a handshake already wanted (an initiation went out and nobody answered)
@@ -366,35 +619,73 @@ impl Node {
         let Some(local_ip) = self.local_ip.filter(|_| self.probing) else {
             return;
         };
-        let due: Vec<DeviceKey> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_probe <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
+        let keys: Vec<DeviceKey> = self.peers.keys().copied().collect();
+        for key in keys {
             let sent_ns = self.nanos_since_epoch(now);
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            peer.next_probe = now + PROBE_INTERVAL;
-            peer.probe_seq = peer.probe_seq.wrapping_add(1);
-            let probe = Probe {
-                kind: ProbeKind::Ping,
-                seq: peer.probe_seq,
-                sent_ns,
-            };
-            let bytes = packet::build_probe(local_ip, peer.virtual_ip, probe);
-            self.send_to_peer(key, &bytes, now);
+            if !peer.tunn.has_active_session() {
+                // No session yet: one probe starts the handshake (and waits in its queue).
+                if peer.next_probe <= now {
+                    peer.next_probe = now + PROBE_INTERVAL;
+                    let bytes = packet::build_probe(
+                        local_ip,
+                        peer.virtual_ip,
+                        peer.next_ping(sent_ns, None),
+                    );
+                    self.send_to_peer(key, &bytes, now);
+                }
+                continue;
+            }
+            // One probe per due path, on that path: connectivity check, consent freshness
+            // and RTT in one authenticated packet.
+            let mut due = Vec::new();
+            let endpoint = peer.endpoint;
+            for path in &mut peer.paths {
+                if path.next_probe > now {
+                    continue;
+                }
+                let interval = if Some(path.route) == endpoint {
+                    PROBE_INTERVAL
+                } else if path.last_ok.is_some()
+                    || now.saturating_duration_since(path.added) < PUNCH_WINDOW
+                {
+                    BACKUP_PROBE_INTERVAL
+                } else {
+                    IDLE_PROBE_INTERVAL
+                };
+                path.next_probe = now + interval;
+                due.push(path.route);
+            }
+            for route in due {
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    break;
+                };
+                let bytes = packet::build_probe(
+                    local_ip,
+                    peer.virtual_ip,
+                    peer.next_ping(sent_ns, Some(route)),
+                );
+                self.send_via(key, &bytes, route, now);
+            }
         }
     }
 
     /// The next instant [`Node::handle_timeout`] wants to run.
     pub fn poll_timeout(&self) -> Instant {
-        let probes = self
-            .local_ip
-            .filter(|_| self.probing)
-            .and_then(|_| self.peers.values().map(|p| p.next_probe).min());
+        let probes = self.local_ip.filter(|_| self.probing).and_then(|_| {
+            self.peers
+                .values()
+                .filter_map(|p| {
+                    if p.tunn.has_active_session() {
+                        p.paths.iter().map(|path| path.next_probe).min()
+                    } else {
+                        Some(p.next_probe)
+                    }
+                })
+                .min()
+        });
         probes.map_or(self.next_tick, |p| p.min(self.next_tick))
     }
 
@@ -422,6 +713,11 @@ impl Node {
                 virtual_ip: p.virtual_ip,
                 endpoint: p.endpoint,
                 path: path_of(p, now),
+                relay: p.endpoint.and_then(|e| match e {
+                    Route::Direct(a) => p.relayed.contains(&a).then_some(a),
+                    Route::Relay { server, .. } => Some(server),
+                }),
+                path_changes: p.path_changes,
                 srtt: median(&p.rtts),
                 last_handshake: p.tunn.time_since_last_handshake(),
                 rx_bytes: p.rx_bytes,
@@ -462,6 +758,42 @@ impl Node {
         }
     }
 
+    /// Encrypts `packet` for `key` and sends it on `route` rather than the peer's endpoint.
+    fn send_via(&mut self, key: DeviceKey, packet: &[u8], route: Route, now: Instant) {
+        self.sync_clock(now);
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let packet = Packet::from_bytes(BytesMut::from(packet));
+        if let Some(wg) = peer
+            .tunn
+            .handle_outgoing_packet(packet, Some(&mut self.mtu))
+        {
+            self.send_wg_via(key, wg, route);
+        }
+    }
+
+    /// Sends a WireGuard message on `route`; a handshake initiation (the session needed
+    /// one) goes everywhere as usual.
+    fn send_wg_via(&mut self, key: DeviceKey, wg: WgKind, route: Route) {
+        if matches!(wg, WgKind::HandshakeInit(_)) {
+            self.queue_wg(key, wg);
+            return;
+        }
+        if let WgKind::HandshakeResp(p) = &wg {
+            self.by_index.insert(p.sender_idx.get(), key);
+        }
+        let bytes: Packet = wg.into();
+        let payload = AsRef::<[u8]>::as_ref(&bytes).to_vec();
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.tx_bytes += payload.len() as u64;
+        }
+        self.transmits.push_back(Transmit {
+            dst: route,
+            payload,
+        });
+    }
+
     /// Finds the peer a WireGuard message belongs to: by the static key inside a handshake
     /// initiation, or by our session index for everything else.
     fn identify(&mut self, wg: &WgKind) -> Option<DeviceKey> {
@@ -486,7 +818,7 @@ impl Node {
         }
     }
 
-    fn deliver(&mut self, key: DeviceKey, inner: &[u8], now: Instant) {
+    fn deliver(&mut self, key: DeviceKey, from: Route, inner: &[u8], now: Instant) {
         if inner.is_empty() {
             return; // keepalive
         }
@@ -530,14 +862,25 @@ impl Node {
                     ..probe
                 };
                 let bytes = packet::build_probe(local_ip, peer.virtual_ip, pong);
-                self.send_to_peer(key, &bytes, now);
+                // The answer goes back the way the probe came: it checks that path.
+                self.send_via(key, &bytes, from, now);
             }
             ProbeKind::Pong => {
-                let rtt_ns = now_ns.saturating_sub(probe.sent_ns);
-                if peer.rtts.len() == RTT_SAMPLES {
-                    peer.rtts.pop_front();
+                let rtt = Duration::from_nanos(now_ns.saturating_sub(probe.sent_ns));
+                let Some(pos) = peer.pending.iter().position(|(seq, _)| *seq == probe.seq) else {
+                    return;
+                };
+                let Some((_, route)) = peer.pending.remove(pos) else {
+                    return;
+                };
+                if let Some(path) = peer.paths.iter_mut().find(|p| p.route == route) {
+                    path.last_ok = Some(now);
+                    push_sample(&mut path.rtts, rtt);
                 }
-                peer.rtts.push_back(Duration::from_nanos(rtt_ns));
+                if peer.endpoint.is_none_or(|e| e == route) {
+                    push_sample(&mut peer.rtts, rtt);
+                }
+                peer.choose(now);
             }
         }
     }
@@ -576,9 +919,9 @@ impl Node {
         match peer.endpoint {
             Some(dst) => self.transmits.push_back(Transmit { dst, payload }),
             None => {
-                for &dst in &peer.candidates {
+                for path in &peer.paths {
                     self.transmits.push_back(Transmit {
-                        dst,
+                        dst: path.route,
                         payload: payload.clone(),
                     });
                 }
@@ -586,13 +929,20 @@ impl Node {
         }
     }
 
-    fn push_transmit(&mut self, dst: SocketAddr, wg: WgKind) {
+    fn push_transmit(&mut self, dst: Route, wg: WgKind) {
         let bytes: Packet = wg.into();
         self.transmits.push_back(Transmit {
             dst,
             payload: AsRef::<[u8]>::as_ref(&bytes).to_vec(),
         });
     }
+}
+
+fn push_sample(samples: &mut VecDeque<Duration>, rtt: Duration) {
+    if samples.len() == RTT_SAMPLES {
+        samples.pop_front();
+    }
+    samples.push_back(rtt);
 }
 
 fn median(samples: &VecDeque<Duration>) -> Option<Duration> {
@@ -602,8 +952,19 @@ fn median(samples: &VecDeque<Duration>) -> Option<Duration> {
 }
 
 fn path_of(p: &Peer, now: Instant) -> PathKind {
+    let relayed = p.endpoint.is_some_and(|e| {
+        p.paths
+            .iter()
+            .find(|path| path.route == e)
+            .is_some_and(|path| path.relayed)
+    });
+    let working = if relayed {
+        PathKind::Relay
+    } else {
+        PathKind::Direct
+    };
     match p.last_rx {
-        Some(t) if now.saturating_duration_since(t) <= ALIVE_WINDOW => PathKind::Direct,
+        Some(t) if now.saturating_duration_since(t) <= ALIVE_WINDOW => working,
         Some(_) => PathKind::Unreachable,
         None if now.saturating_duration_since(p.added_at) > CONNECT_GRACE => PathKind::Unreachable,
         None => PathKind::Connecting,

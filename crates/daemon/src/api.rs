@@ -174,7 +174,9 @@ async fn status(State(st): State<ApiState>) -> Response {
                             .and_then(|s| s.srtt)
                             .map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
                         online: m.online,
-                        endpoint: stats.and_then(|s| s.endpoint),
+                        endpoint: stats.and_then(|s| s.endpoint).map(|r| r.peer_addr()),
+                        relay: stats.and_then(|s| s.relay),
+                        path_changes: stats.map_or(0, |s| s.path_changes),
                     }
                 })
                 .collect(),
@@ -194,6 +196,7 @@ async fn status(State(st): State<ApiState>) -> Response {
     });
     let body = Status {
         nat,
+        relayed: dp.relayed.clone(),
         virtual_ip,
         public_key: me,
         name: shared.name,
@@ -210,7 +213,7 @@ async fn status(State(st): State<ApiState>) -> Response {
                 .map(|p| WireguardPeer {
                     public_key: p.key,
                     virtual_ip: p.virtual_ip,
-                    endpoint: p.endpoint,
+                    endpoint: p.endpoint.map(|r| r.peer_addr()),
                     last_handshake_s: p.last_handshake.map(|d: Duration| d.as_secs()),
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,

@@ -160,6 +160,12 @@ impl ControlClient {
         .await
     }
 
+    /// STUN and TURN servers, with TURN credentials for this device.
+    pub async fn ice(&self) -> Result<lanrage_proto::api::IceServers, ClientError> {
+        self.call::<_, ()>(Method::GET, "/v1/ice".to_owned(), None)
+            .await
+    }
+
     pub async fn heartbeat(&self, id: PartyId) -> Result<PartyView, ClientError> {
         self.call::<_, ()>(Method::POST, format!("/v1/parties/{id}/heartbeat"), None)
             .await
@@ -168,9 +174,8 @@ impl ControlClient {
     pub async fn set_candidates(
         &self,
         id: PartyId,
-        candidates: Vec<std::net::SocketAddr>,
+        req: CandidatesRequest,
     ) -> Result<PartyView, ClientError> {
-        let req = CandidatesRequest { candidates };
         self.call(
             Method::PUT,
             format!("/v1/parties/{id}/candidates"),

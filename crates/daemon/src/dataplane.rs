@@ -11,7 +11,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use gotatun::x25519::StaticSecret;
 use lanrage_core::stun::{NatProbe, NatReport};
-use lanrage_core::{Node, PacketClass, PeerStats, classify};
+use lanrage_core::turn::{Credentials, TurnClient};
+use lanrage_core::{Node, PacketClass, PeerStats, Route, classify};
 use lanrage_proto::DeviceKey;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +28,9 @@ const NAT_REPROBE: std::time::Duration = std::time::Duration::from_secs(300);
 /// Packets taken from one ready source before the others get a turn; draining a burst in
 /// one go saves a task wake-up per packet.
 const BATCH: usize = 64;
+/// Relays one daemon holds an allocation on: the second is the fallback when the first
+/// fails, and lets each peer pair pick the faster of two.
+const MAX_TURN: usize = 2;
 
 /// One peer the data plane should have (checked by `lanrage_core::party::check_view`).
 pub use lanrage_core::party::CheckedPeer as PeerConfig;
@@ -39,6 +43,8 @@ pub struct Snapshot {
     pub nat: Option<NatReport>,
     pub dropped_spoofed: u64,
     pub interface: Option<String>,
+    /// TURN relayed addresses held now (candidates for peers).
+    pub relayed: Vec<SocketAddr>,
 }
 
 enum Command {
@@ -55,6 +61,11 @@ enum Command {
     },
     Stats {
         reply: oneshot::Sender<Snapshot>,
+    },
+    /// STUN servers (besides the configured ones) and TURN servers with credentials.
+    SetIce {
+        stun: Vec<SocketAddr>,
+        turn: Vec<(SocketAddr, Credentials)>,
     },
 }
 
@@ -93,8 +104,11 @@ impl DataPlane {
             probe: (!stun_servers.is_empty())
                 .then(|| NatProbe::new(&stun_servers, port, seed ^ 0x5354_554e, now)),
             next_probe: now + NAT_REPROBE,
+            configured_stun: stun_servers.clone(),
             stun_servers,
             nat: None,
+            turn: Vec::new(),
+            peer_ips: Vec::new(),
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -117,6 +131,11 @@ impl DataPlane {
             .await
             .context("the data plane has stopped")?;
         rx.await.context("the data plane has stopped")?
+    }
+
+    /// Uses these STUN and TURN servers (from the control plane) from now on.
+    pub async fn set_ice(&self, stun: Vec<SocketAddr>, turn: Vec<(SocketAddr, Credentials)>) {
+        let _ = self.tx.send(Command::SetIce { stun, turn }).await;
     }
 
     pub async fn clear(&self) {
@@ -147,7 +166,13 @@ struct Task {
     tun: Option<Tun>,
     mtu: u16,
     rx: mpsc::Receiver<Command>,
+    /// `--stun` servers; the control plane's are added to them.
+    configured_stun: Vec<SocketAddr>,
     stun_servers: Vec<SocketAddr>,
+    /// One client per relay in use.
+    turn: Vec<TurnClient>,
+    /// IPs of every peer candidate: the TURN permissions.
+    peer_ips: Vec<std::net::IpAddr>,
     /// The NAT probe round in progress.
     probe: Option<NatProbe>,
     next_probe: Instant,
@@ -209,11 +234,19 @@ impl Task {
             None if self.stun_servers.is_empty() => node,
             None => self.next_probe,
         };
-        node.min(stun)
+        let turn = self.turn.iter().filter_map(TurnClient::poll_timeout).min();
+        turn.map_or(node.min(stun), |t| t.min(node).min(stun))
     }
 
     fn timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
+        for t in &mut self.turn {
+            let had = t.relayed();
+            t.handle_timeout(now);
+            if t.relayed() != had {
+                t.set_peers(self.peer_ips.iter().copied(), now);
+            }
+        }
         if self.probe.is_none() && !self.stun_servers.is_empty() && now >= self.next_probe {
             let seed = rand::random();
             self.probe = Some(NatProbe::new(
@@ -244,16 +277,82 @@ impl Task {
     }
 
     fn datagram(&mut self, data: &[u8], from: SocketAddr) {
-        match classify(data) {
-            PacketClass::WireGuard => self.node.handle_datagram(from, data, Instant::now()),
+        let now = Instant::now();
+        let class = classify(data);
+        match class {
+            PacketClass::WireGuard => {
+                self.node.handle_datagram(Route::Direct(from), data, now);
+                return;
+            }
             PacketClass::Stun if self.probe.is_some() => {
                 if let Some(p) = &mut self.probe {
                     p.handle_response(from, data);
                 }
-                self.finish_probe(Instant::now());
+                self.finish_probe(now);
             }
-            PacketClass::Stun | PacketClass::ChannelData | PacketClass::Unknown => {
-                tracing::trace!(len = data.len(), "datagram with no consumer dropped");
+            _ => {}
+        }
+        if matches!(class, PacketClass::Stun | PacketClass::ChannelData)
+            && let Some(t) = self.turn.iter_mut().find(|t| t.server() == from)
+        {
+            let had = t.relayed();
+            let relayed = t.handle_datagram(data, now);
+            if t.relayed() != had {
+                t.set_peers(self.peer_ips.iter().copied(), now);
+            }
+            if let Some((peer, payload)) = relayed
+                && classify(&payload) == PacketClass::WireGuard
+            {
+                let route = Route::Relay { server: from, peer };
+                self.node.handle_datagram(route, &payload, now);
+            }
+            return;
+        }
+        if class != PacketClass::Stun {
+            tracing::trace!(len = data.len(), "datagram with no consumer dropped");
+        }
+    }
+
+    async fn send_udp(&self, payload: &[u8], dst: SocketAddr) {
+        let sent = match self.socket.try_send_to(payload, dst) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.socket.send_to(payload, dst).await
+            }
+            other => other,
+        };
+        if let Err(e) = sent {
+            tracing::trace!(error = %e, %dst, "udp send failed");
+        }
+    }
+
+    fn set_ice(
+        &mut self,
+        stun: Vec<SocketAddr>,
+        turn: Vec<(SocketAddr, Credentials)>,
+        now: Instant,
+    ) {
+        let mut servers = self.configured_stun.clone();
+        for s in stun {
+            if !servers.contains(&s) {
+                servers.push(s);
+            }
+        }
+        if servers != self.stun_servers {
+            self.stun_servers = servers;
+            self.probe = None;
+            self.next_probe = now;
+        }
+        let wanted: Vec<(SocketAddr, Credentials)> = turn.into_iter().take(MAX_TURN).collect();
+        self.turn
+            .retain(|t| wanted.iter().any(|(a, _)| *a == t.server()));
+        for (addr, creds) in wanted {
+            match self.turn.iter_mut().find(|t| t.server() == addr) {
+                Some(t) => t.set_credentials(creds),
+                None => {
+                    tracing::info!(relay = %addr, "using TURN relay");
+                    self.turn
+                        .push(TurnClient::new(addr, creds, rand::random(), now));
+                }
             }
         }
     }
@@ -264,15 +363,26 @@ impl Task {
                 tracing::debug!(error = %e, %dst, "STUN request not sent");
             }
         }
+        let now = Instant::now();
         while let Some(t) = self.node.poll_transmit() {
-            let sent = match self.socket.try_send_to(&t.payload, t.dst) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.socket.send_to(&t.payload, t.dst).await
+            match t.dst {
+                Route::Direct(dst) => self.send_udp(&t.payload, dst).await,
+                Route::Relay { server, peer } => {
+                    let framed = self
+                        .turn
+                        .iter_mut()
+                        .find(|c| c.server() == server)
+                        .and_then(|c| c.send(peer, &t.payload, now));
+                    if let Some(framed) = framed {
+                        self.send_udp(&framed, server).await;
+                    }
                 }
-                other => other,
-            };
-            if let Err(e) = sent {
-                tracing::trace!(error = %e, "udp send failed");
+            }
+        }
+        for i in 0..self.turn.len() {
+            let server = self.turn[i].server();
+            while let Some(bytes) = self.turn[i].poll_transmit() {
+                self.send_udp(&bytes, server).await;
             }
         }
         while let Some(p) = self.node.poll_tun() {
@@ -309,9 +419,28 @@ impl Task {
                     for key in stale {
                         self.node.remove_peer(&key);
                     }
+                    let mut ips: Vec<std::net::IpAddr> = peers
+                        .iter()
+                        .flat_map(|p| {
+                            // Peers send to our relayed address from their own addresses,
+                            // never from their relays.
+                            p.candidates
+                                .iter()
+                                .filter(|c| !p.relayed.contains(c))
+                                .map(SocketAddr::ip)
+                        })
+                        .collect();
+                    ips.sort_unstable();
+                    ips.dedup();
+                    if ips != self.peer_ips {
+                        for t in &mut self.turn {
+                            t.set_peers(ips.iter().copied(), now);
+                        }
+                        self.peer_ips = ips;
+                    }
                     for p in peers {
                         self.node
-                            .upsert_peer(p.key, p.virtual_ip, p.candidates, now);
+                            .upsert_peer(p.key, p.virtual_ip, p.candidates, p.relayed, now);
                     }
                 }
                 let _ = reply.send(result);
@@ -331,8 +460,10 @@ impl Task {
                     peers: self.node.peer_stats(now),
                     dropped_spoofed: self.node.counters().dropped_spoofed,
                     interface: self.tun.as_ref().map(|_| TUN_NAME.to_owned()),
+                    relayed: self.turn.iter().filter_map(TurnClient::relayed).collect(),
                 });
             }
+            Command::SetIce { stun, turn } => self.set_ice(stun, turn, now),
         }
     }
 

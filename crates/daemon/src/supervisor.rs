@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use lanrage_control::{Control, ControlConfig};
-use lanrage_proto::api::{CreatePartyRequest, JoinPartyRequest, PartyView, ServerMessage};
+use lanrage_proto::api::{
+    CandidatesRequest, CreatePartyRequest, JoinPartyRequest, PartyView, ServerMessage,
+};
 use lanrage_proto::local::{CreateRequest, InviteResponse};
 use lanrage_proto::{DeviceKey, InviteCode};
 use tokio::net::TcpListener;
@@ -27,7 +29,11 @@ use crate::state::{Membership, State};
 /// Heartbeat period; the control plane marks a member away after 90 s of silence.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How often this machine's candidate addresses are compared with those published.
-const CANDIDATE_CHECK: Duration = Duration::from_secs(2);
+const CANDIDATE_CHECK: Duration = Duration::from_secs(1);
+/// How often the STUN/TURN server list and TURN credentials are fetched again.
+const ICE_REFRESH: Duration = Duration::from_secs(60);
+/// ...and how soon while the control plane knows no relay.
+const ICE_RETRY: Duration = Duration::from_secs(4);
 /// WebSocket reconnect back-off bounds.
 const WS_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const WS_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -189,6 +195,7 @@ pub async fn run(
         session: None,
         generation: 0,
         events_tx,
+        ice_next: None,
     };
     sup.resume().await;
     sup.run(cmd_rx, events_rx, shutdown).await;
@@ -307,6 +314,9 @@ struct Supervisor {
     session: Option<Session>,
     generation: u64,
     events_tx: mpsc::Sender<SessionEvent>,
+    /// When the STUN/TURN servers were last fetched from the control plane, and when to
+    /// fetch them again.
+    ice_next: Option<std::time::Instant>,
 }
 
 impl Supervisor {
@@ -334,6 +344,7 @@ impl Supervisor {
                     // hold up commands for its whole timeout.
                     let connected = self.shared.read().await.control == "connected";
                     if connected && self.session.as_ref().is_some_and(|s| !s.needs_join) {
+                        self.refresh_ice().await;
                         self.publish_candidates().await;
                     }
                 }
@@ -479,6 +490,7 @@ impl Supervisor {
             self.leave_current().await;
             return Err(LocalError::new(500, e));
         }
+        self.refresh_ice().await;
         self.publish_candidates().await;
         self.session
             .as_ref()
@@ -706,26 +718,73 @@ impl Supervisor {
         configured
     }
 
+    /// Fetches the STUN/TURN servers (and fresh credentials) now and then: relays come and
+    /// go, and credentials expire.
+    async fn refresh_ice(&mut self) {
+        let Some(s) = &self.session else { return };
+        let now = std::time::Instant::now();
+        if self.ice_next.is_some_and(|t| now < t) {
+            return;
+        }
+        match s.client.ice().await {
+            Ok(ice) => {
+                // No relay yet (one may be registering right now): ask again soon.
+                let again = if ice.turn.is_empty() {
+                    ICE_RETRY
+                } else {
+                    ICE_REFRESH
+                };
+                self.ice_next = Some(now + again);
+                let turn = ice
+                    .turn
+                    .into_iter()
+                    .map(|t| {
+                        (
+                            t.addr,
+                            lanrage_core::turn::Credentials {
+                                username: t.username,
+                                password: t.password,
+                            },
+                        )
+                    })
+                    .collect();
+                self.dataplane.set_ice(ice.stun, turn).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "fetching ICE servers failed; retrying"),
+        }
+    }
+
     async fn publish_candidates(&mut self) {
         let Some(s) = &self.session else { return };
         let Some(view) = &s.view else { return };
         let mut mine = net::host_candidates(self.dataplane.port);
+        let stats = self.dataplane.stats().await;
         // The server-reflexive address: behind an endpoint-independent NAT, peers that
         // send to it at the same time as we send to theirs open the way both directions.
-        if let Some(public) = self.dataplane.stats().await.nat.and_then(|n| n.public_addr)
+        if let Some(public) = stats.nat.and_then(|n| n.public_addr)
             && !mine.contains(&public)
         {
             mine.push(public);
+        }
+        // Relayed addresses: the floor every peer can reach.
+        for r in &stats.relayed {
+            if !mine.contains(r) {
+                mine.push(*r);
+            }
         }
         let published = view
             .members
             .iter()
             .find(|m| m.public_key == self.key)
-            .map(|m| m.candidates.clone());
-        if published.as_ref() == Some(&mine) {
+            .map(|m| (m.candidates.clone(), m.relayed.clone()));
+        if published.as_ref() == Some(&(mine.clone(), stats.relayed.clone())) {
             return;
         }
-        match s.client.set_candidates(s.invite.party, mine).await {
+        let req = CandidatesRequest {
+            candidates: mine,
+            relayed: stats.relayed,
+        };
+        match s.client.set_candidates(s.invite.party, req).await {
             Ok(view) => {
                 let _ = self.apply_view(view).await; // logged inside
             }

@@ -69,10 +69,13 @@ pub struct LockRequest {
 }
 
 /// `PUT /v1/parties/{id}/candidates`: the addresses where this device's UDP socket may be
-/// reached (host candidates now; reflexive and relayed ones join them with ICE).
+/// reached: host, server-reflexive and relayed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CandidatesRequest {
     pub candidates: Vec<SocketAddr>,
+    /// The subset of `candidates` that are TURN relayed addresses.
+    #[serde(default)]
+    pub relayed: Vec<SocketAddr>,
 }
 
 /// A party as its members see it.
@@ -101,6 +104,48 @@ pub struct MemberView {
     /// False once the member has been silent for 90 s.
     pub online: bool,
     pub candidates: Vec<SocketAddr>,
+    /// The subset of `candidates` that are TURN relayed addresses.
+    #[serde(default)]
+    pub relayed: Vec<SocketAddr>,
+}
+
+/// `GET /v1/ice`: the STUN and TURN servers this device should use, with TURN REST
+/// credentials issued for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IceServers {
+    pub stun: Vec<SocketAddr>,
+    pub turn: Vec<TurnServer>,
+    /// Seconds the credentials stay valid.
+    pub ttl_secs: u64,
+}
+
+/// One TURN server and the credentials for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnServer {
+    pub addr: SocketAddr,
+    pub username: String,
+    pub password: String,
+    /// Where the relay said it is, e.g. `eu-west`; empty for configured servers.
+    #[serde(default)]
+    pub region: String,
+}
+
+/// `POST /v1/relays`: a relay announces itself (and heartbeats with the same call). Signed
+/// with the TURN secret: header `Authorization: LanrageRelay <unix>:<hex HMAC-SHA1(secret,
+/// "lanrage-relay:<unix>")>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayRegistration {
+    /// Stable id of the relay process (a relay restarting under the same id replaces
+    /// its entry).
+    pub id: String,
+    #[serde(default)]
+    pub region: String,
+    /// Addresses that answer STUN and TURN.
+    pub addrs: Vec<SocketAddr>,
+    /// Whether TURN is served (else STUN only).
+    pub turn: bool,
+    pub allocations: u64,
+    pub capacity: u64,
 }
 
 /// Reply to create and join: the party and its invite code.

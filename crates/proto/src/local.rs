@@ -48,6 +48,9 @@ pub struct Status {
     pub wireguard: WireguardStatus,
     /// What the STUN servers saw (`None` without `--stun` or before the first answer).
     pub nat: Option<NatStatus>,
+    /// Relayed addresses this daemon holds on TURN relays (its fallback candidates).
+    #[serde(default)]
+    pub relayed: Vec<SocketAddr>,
 }
 
 /// This device's NAT as classified through STUN (RFC 4787 terms).
@@ -87,7 +90,14 @@ pub struct MemberStatus {
     /// Smoothed round-trip time through the tunnel; `None` until measured.
     pub latency_ms: Option<f64>,
     pub online: bool,
+    /// Where packets to the member go: its address, or the address a relay sees it at.
     pub endpoint: Option<SocketAddr>,
+    /// The relay address traffic passes through, when the path is relayed.
+    #[serde(default)]
+    pub relay: Option<SocketAddr>,
+    /// How often the path to this member changed (start, upgrades, failovers).
+    #[serde(default)]
+    pub path_changes: u64,
 }
 
 /// The data plane's own view: what WireGuard actually has configured.

@@ -1,12 +1,19 @@
-//! The LANrage relay. Today: a STUN server (RFC 8489 Binding), so daemons learn their
-//! public address and classify their NAT; serving on two addresses gives the RFC 5780
-//! setup that tells mapping behaviours apart. TURN joins it with the NAT-traversal work.
+//! The LANrage relay: a STUN server (RFC 8489 Binding; on two IPs and two ports it is the
+//! RFC 5780 setup that lets daemons classify their NAT) and a TURN server (RFC 8656 UDP
+//! subset, see [`turn`]) with TURN REST shared-secret credentials.
 //!
-//! The protocol step is the sans-IO [`answer`]; [`serve`] is the UDP shell around it.
+//! The protocol steps are sans-IO ([`answer`] and [`turn::Server`]); [`serve`] is the UDP
+//! shell around them, and [`register`] announces the relay to a control plane.
 
+pub mod register;
+pub mod turn;
+
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use lanrage_core::stun::{self, Stun};
@@ -57,34 +64,215 @@ pub fn answer(
     Some((reply_from, stun::binding_success(txid, from, other)))
 }
 
-/// Serves STUN on every address in `listen` until `shutdown` completes.
+/// How a relay runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// STUN (and TURN) listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// TURN, when a secret is set.
+    pub turn: Option<TurnOptions>,
+}
+
+/// The TURN half of a relay.
+#[derive(Debug, Clone)]
+pub struct TurnOptions {
+    pub config: turn::Config,
+    /// The IP relayed addresses are bound on and announced with.
+    pub relay_ip: IpAddr,
+    /// The relayed ports: one allocation per port.
+    pub ports: RangeInclusive<u16>,
+}
+
+/// Most relay ports one relay binds (each is a socket and a task).
+pub const MAX_RELAY_PORTS: usize = 4096;
+
+/// What a running relay reports (for registration and metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    pub allocations: usize,
+    pub capacity: usize,
+    pub counters: turn::Counters,
+}
+
+/// A handle on a running relay's state.
+#[derive(Clone)]
+pub struct Handle {
+    server: Option<Arc<Mutex<turn::Server>>>,
+}
+
+impl Handle {
+    pub fn load(&self) -> Load {
+        let Some(server) = &self.server else {
+            return Load::default();
+        };
+        let s = lock(server);
+        Load {
+            allocations: s.allocations(),
+            capacity: s.capacity(),
+            counters: s.counters(),
+        }
+    }
+}
+
+fn lock(server: &Mutex<turn::Server>) -> std::sync::MutexGuard<'_, turn::Server> {
+    // The server's state stays consistent between calls, so a panic elsewhere while the
+    // lock was held leaves nothing half-done.
+    server
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct Shared {
+    listen: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    relays: HashMap<SocketAddr, Arc<UdpSocket>>,
+    server: Option<Arc<Mutex<turn::Server>>>,
+}
+
+impl Shared {
+    fn socket(&self, addr: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        self.listen
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, s)| s)
+            .or_else(|| self.relays.get(&addr))
+    }
+}
+
+/// Binds every socket; the relay runs once [`Relay::run`] is awaited.
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    pub async fn bind(options: &Options) -> anyhow::Result<Self> {
+        let mut listen = Vec::new();
+        for &addr in &options.listen {
+            let socket = UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding UDP {addr}"))?;
+            let bound = socket.local_addr()?;
+            listen.push((bound, Arc::new(socket)));
+        }
+        let mut relays = HashMap::new();
+        let mut server = None;
+        if let Some(t) = &options.turn {
+            let count = t.ports.clone().count();
+            if count == 0 || count > MAX_RELAY_PORTS {
+                anyhow::bail!(
+                    "--relay-ports must name between 1 and {MAX_RELAY_PORTS} ports (got {count})"
+                );
+            }
+            if t.relay_ip.is_unspecified() {
+                anyhow::bail!(
+                    "relayed addresses need a reachable IP: listen on a specific IP or pass --relay-ip"
+                );
+            }
+            for port in t.ports.clone() {
+                let addr = SocketAddr::new(t.relay_ip, port);
+                match UdpSocket::bind(addr).await {
+                    Ok(s) => {
+                        relays.insert(addr, Arc::new(s));
+                    }
+                    Err(e) => tracing::debug!(%addr, error = %e, "relay port unavailable"),
+                }
+            }
+            if relays.is_empty() {
+                anyhow::bail!(
+                    "no relay port in {}-{} could be bound on {}",
+                    t.ports.start(),
+                    t.ports.end(),
+                    t.relay_ip
+                );
+            }
+            let addrs: Vec<SocketAddr> = relays.keys().copied().collect();
+            server = Some(Arc::new(Mutex::new(turn::Server::new(
+                t.config.clone(),
+                &addrs,
+                rand::random(),
+            ))));
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                listen,
+                relays,
+                server,
+            }),
+        })
+    }
+
+    /// The bound listen addresses.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.listen.iter().map(|(a, _)| *a).collect()
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            server: self.shared.server.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (addr, _) in &self.shared.listen {
+            tracing::info!(%addr, turn = self.shared.server.is_some(), "relay listening");
+        }
+        if let Some(t) = &self.shared.server {
+            tracing::info!(relay_ports = self.shared.relays.len(), "TURN enabled");
+            let server = Arc::clone(t);
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    lock(&server).handle_timeout(Instant::now());
+                }
+            });
+        }
+        for i in 0..self.shared.listen.len() {
+            tasks.spawn(run_listen(Arc::clone(&self.shared), i));
+        }
+        let relay_addrs: Vec<SocketAddr> = self.shared.relays.keys().copied().collect();
+        for addr in relay_addrs {
+            tasks.spawn(run_relay(Arc::clone(&self.shared), addr));
+        }
+        shutdown.await;
+        tasks.shutdown().await;
+    }
+}
+
+/// Serves STUN on every address in `listen` until `shutdown` completes (no TURN).
 pub async fn serve(
     listen: &[SocketAddr],
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut sockets = Vec::new();
-    for &addr in listen {
-        let socket = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("binding UDP {addr}"))?;
-        let bound = socket.local_addr()?;
-        tracing::info!(addr = %bound, "STUN server listening");
-        sockets.push((bound, socket));
-    }
-    let sockets = Arc::new(sockets);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..sockets.len() {
-        tasks.spawn(run_socket(Arc::clone(&sockets), i));
-    }
-    shutdown.await;
-    tasks.shutdown().await;
+    let relay = Relay::bind(&Options {
+        listen: listen.to_vec(),
+        turn: None,
+    })
+    .await?;
+    relay.run(shutdown).await;
     Ok(())
 }
 
-async fn run_socket(sockets: Arc<Vec<(SocketAddr, UdpSocket)>>, index: usize) {
-    let addrs: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
-    let (local, socket) = &sockets[index];
-    let mut buf = vec![0u8; 2048];
+async fn send(shared: &Shared, out: turn::Transmit) {
+    let Some(socket) = shared.socket(out.from) else {
+        return;
+    };
+    if let Err(e) = socket.send_to(&out.payload, out.to).await {
+        tracing::trace!(error = %e, "send error");
+    }
+}
+
+async fn run_listen(shared: Arc<Shared>, index: usize) {
+    let addrs: Vec<SocketAddr> = shared.listen.iter().map(|(a, _)| *a).collect();
+    let (local, socket) = &shared.listen[index];
+    let mut buf = vec![0u8; 65_536];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -93,14 +281,48 @@ async fn run_socket(sockets: Arc<Vec<(SocketAddr, UdpSocket)>>, index: usize) {
                 continue;
             }
         };
-        let Some((reply_from, reply)) = answer(from, *local, &buf[..n], &addrs) else {
+        let datagram = &buf[..n];
+        if let Some((reply_from, reply)) = answer(from, *local, datagram, &addrs) {
+            send(
+                &shared,
+                turn::Transmit {
+                    from: reply_from,
+                    to: from,
+                    payload: reply,
+                },
+            )
+            .await;
+            continue;
+        }
+        let Some(server) = &shared.server else {
             continue;
         };
-        let Some((_, out)) = sockets.iter().find(|(a, _)| *a == reply_from) else {
-            continue;
+        let out = lock(server).handle_client(*local, from, datagram, Instant::now(), unix_now());
+        if let Some(out) = out {
+            send(&shared, out).await;
+        }
+    }
+}
+
+async fn run_relay(shared: Arc<Shared>, relay: SocketAddr) {
+    let Some(socket) = shared.relays.get(&relay).cloned() else {
+        return;
+    };
+    let Some(server) = shared.server.clone() else {
+        return;
+    };
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::trace!(error = %e, "receive error");
+                continue;
+            }
         };
-        if let Err(e) = out.send_to(&reply, from).await {
-            tracing::trace!(error = %e, "send error");
+        let out = lock(&server).handle_peer(relay, from, &buf[..n], Instant::now(), rand::random());
+        if let Some(out) = out {
+            send(&shared, out).await;
         }
     }
 }

@@ -48,8 +48,8 @@ impl Pair {
         pair.a.set_probing(false);
         pair.b.set_probing(false);
         let (ka, kb) = (pair.a.public_key(), pair.b.public_key());
-        pair.a.upsert_peer(kb, B_IP, vec![b_addr], now);
-        pair.b.upsert_peer(ka, A_IP, vec![a_addr], now);
+        pair.a.upsert_peer(kb, B_IP, vec![b_addr], vec![], now);
+        pair.b.upsert_peer(ka, A_IP, vec![a_addr], vec![], now);
         pair
     }
 
@@ -79,13 +79,15 @@ impl Pair {
                 self.in_flight.drain(..).partition(|(t, _, _)| *t <= now);
             self.in_flight = later;
             for (_, from, t) in due {
-                if t.dst == self.a_addr && self.a_filtered_until.is_some_and(|u| now < u) {
+                if t.dst == Route::Direct(self.a_addr)
+                    && self.a_filtered_until.is_some_and(|u| now < u)
+                {
                     continue;
                 }
-                if t.dst == self.a_addr {
-                    self.a.handle_datagram(from, &t.payload, now);
-                } else if t.dst == self.b_addr {
-                    self.b.handle_datagram(from, &t.payload, now);
+                if t.dst == Route::Direct(self.a_addr) {
+                    self.a.handle_datagram(Route::Direct(from), &t.payload, now);
+                } else if t.dst == Route::Direct(self.b_addr) {
+                    self.b.handle_datagram(Route::Direct(from), &t.payload, now);
                 }
             }
             if self.a.poll_timeout() <= now {
@@ -176,7 +178,7 @@ fn handshake_then_data_reaches_the_peer_tun() {
     assert_eq!(pair.initiations_from(pair.a_addr), 1);
     // B learned A's endpoint from the authenticated handshake.
     let stats = pair.b.peer_stats(pair.now);
-    assert_eq!(stats[0].endpoint, Some(pair.a_addr));
+    assert_eq!(stats[0].endpoint, Some(Route::Direct(pair.a_addr)));
     assert_eq!(stats[0].path, PathKind::Direct);
 }
 
@@ -298,11 +300,13 @@ fn garbage_datagrams_are_counted_not_fatal() {
     let now = pair.now;
     let mut junk = vec![4u8, 0, 0, 0];
     junk.extend_from_slice(&[0xAA; 60]);
-    pair.b.handle_datagram(pair.a_addr, &junk, now);
+    pair.b
+        .handle_datagram(Route::Direct(pair.a_addr), &junk, now);
     let mut init = vec![1u8, 0, 0, 0];
     init.extend_from_slice(&[0x55; 144]);
-    pair.b.handle_datagram(pair.a_addr, &init, now);
-    pair.b.handle_datagram(pair.a_addr, &[], now);
+    pair.b
+        .handle_datagram(Route::Direct(pair.a_addr), &init, now);
+    pair.b.handle_datagram(Route::Direct(pair.a_addr), &[], now);
     let c = pair.b.counters();
     assert!(c.dropped_invalid + c.dropped_unknown_peer >= 2, "{c:?}");
     assert!(pair.b_tun.is_empty());
@@ -314,13 +318,13 @@ fn new_candidate_addresses_are_tried_at_once() {
     let kb = pair.b.public_key();
     let now = pair.now;
     // A knows B but not yet where it is: its first initiation goes nowhere.
-    pair.a.upsert_peer(kb, B_IP, vec![], now);
+    pair.a.upsert_peer(kb, B_IP, vec![], vec![], now);
     pair.a_sends(b"waiting");
     pair.drive(Duration::from_millis(500));
     assert!(!pair.a.has_session(&kb));
     let b_addr = pair.b_addr;
     let now = pair.now;
-    pair.a.upsert_peer(kb, B_IP, vec![b_addr], now);
+    pair.a.upsert_peer(kb, B_IP, vec![b_addr], vec![], now);
     pair.drive(Duration::from_millis(100));
     assert!(
         pair.a.has_session(&kb),
@@ -369,7 +373,7 @@ fn random_wireguard_shaped_datagrams_never_panic() {
         rng.fill_bytes(&mut d);
         d[0] = kind;
         d[1..4].copy_from_slice(&[0, 0, 0]);
-        pair.b.handle_datagram(pair.a_addr, &d, now);
+        pair.b.handle_datagram(Route::Direct(pair.a_addr), &d, now);
     }
     let c = pair.b.counters();
     assert!(c.dropped_invalid + c.dropped_unknown_peer > 0);
