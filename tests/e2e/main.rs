@@ -452,6 +452,11 @@ fn cone_nats_are_classified_and_traversed_directly() {
     assert_eq!(direct, "198.51.100.2:51820");
     assert_eq!(lab.ping_loss("pB", "10.66.0.1", 20), 0.0);
     assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
+    // The relay going away does not disturb a direct pair.
+    lab.kill("relay");
+    assert_eq!(lab.ping_loss("pB", "10.66.0.1", 30), 0.0);
+    let s = lab.try_status("pB").unwrap_or_default();
+    assert_eq!(s["party"]["members"][0]["path"], "direct", "{s}");
 }
 
 /// A symmetric NAT (random port per destination) is recognised as such.
