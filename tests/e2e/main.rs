@@ -423,19 +423,7 @@ fn cone_nats_are_classified_and_traversed_directly() {
         assert_eq!(nat["public_addr"], public, "{p}: {nat}");
         assert_eq!(nat["port_preserved"], true);
     }
-    let out = lab.cli("pA", &["party", "create", "behind nat"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let out = lab.cli("pB", &["party", "join", &invite]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.form_party("behind nat");
     let direct = wait_for(Duration::from_secs(20), || {
         let s = lab.try_status("pB")?;
         let m = &s["party"]["members"][0];
@@ -492,20 +480,7 @@ fn symmetric_pair_connects_through_the_relay_and_survives_a_relay_restart() {
     lab.start_servers();
     lab.start_player("pA");
     lab.start_player("pB");
-    let out = lab.cli("pA", &["party", "create", "relayed"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let joined = Instant::now();
-    let out = lab.cli("pB", &["party", "join", &invite]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let joined = lab.form_party("relayed");
     let member = wait_for(Duration::from_secs(20), || {
         let s = lab.try_status("pB")?;
         let m = s["party"]["members"][0].clone();
@@ -563,19 +538,7 @@ fn a_blocked_direct_path_fails_over_to_the_relay_and_back() {
     lab.start_servers();
     lab.start_player("pA");
     lab.start_player("pB");
-    let out = lab.cli("pA", &["party", "create", "failover"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let out = lab.cli("pB", &["party", "join", &invite]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.form_party("failover");
     let path = |lab: &NatLab| {
         lab.try_status("pB")
             .map(|s| {
@@ -666,19 +629,7 @@ fn daemons_relay_through_coturn() {
     lab.start_servers_with_coturn();
     lab.start_player("pA");
     lab.start_player("pB");
-    let out = lab.cli("pA", &["party", "create", "coturn"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let out = lab.cli("pB", &["party", "join", &invite]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.form_party("coturn");
     let member = wait_for(Duration::from_secs(20), || {
         let s = lab.try_status("pB")?;
         let m = s["party"]["members"][0].clone();
@@ -818,20 +769,7 @@ fn nat_matrix() {
                 assert_eq!(got, expect, "{p} behind {kind:?}: {nat}");
                 seen.push(format!("{}/{}", abbrev(got.0), abbrev(got.1)));
             }
-            let out = lab.cli("pA", &["party", "create", "matrix"]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            let joined_at = Instant::now();
-            let out = lab.cli("pB", &["party", "join", &invite]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let joined_at = lab.form_party("matrix");
             let first_ping = wait_for(Duration::from_secs(20), || {
                 (lab.ping_loss("pB", "10.66.0.1", 1) == 0.0).then(|| joined_at.elapsed())
             });

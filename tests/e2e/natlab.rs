@@ -226,21 +226,22 @@ impl NatLab {
     /// filtering), TURN on the first, registered with the control plane.
     pub fn start_relay(&mut self) {
         let control = format!("http://{SRV1}:8667");
-        self.spawn(
-            "srv",
-            "relay",
-            &[
-                "relay",
-                "--listen",
-                &format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479,{SRV2}:3479"),
-                "--secret",
-                TURN_SECRET,
-                "--relay-ports",
-                "50000-50063",
-                "--control",
-                &control,
-            ],
-        );
+        self.spawn_relay(&[
+            "--secret",
+            TURN_SECRET,
+            "--relay-ports",
+            "50000-50063",
+            "--control",
+            &control,
+        ]);
+    }
+
+    /// Our relay on the RFC 5780 set of addresses, with `extra` flags.
+    fn spawn_relay(&mut self, extra: &[&str]) {
+        let listen = format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479,{SRV2}:3479");
+        let mut args = vec!["relay", "--listen", &listen];
+        args.extend_from_slice(extra);
+        self.spawn("srv", "relay", &args);
     }
 
     /// Control plane and relay (STUN + TURN) on the public server.
@@ -255,15 +256,7 @@ impl NatLab {
     pub fn start_servers_with_coturn(&mut self) {
         let coturn = format!("{SRV1}:{COTURN_PORT}");
         self.start_control(&["--turn", &coturn]);
-        self.spawn(
-            "srv",
-            "relay",
-            &[
-                "relay",
-                "--listen",
-                &format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479,{SRV2}:3479"),
-            ],
-        );
+        self.spawn_relay(&[]);
         let secret = format!("--static-auth-secret={TURN_SECRET}");
         let port = COTURN_PORT.to_string();
         self.spawn_program(
@@ -357,6 +350,25 @@ impl NatLab {
         );
         let ok = wait_for(Duration::from_secs(10), || self.try_status(player));
         assert!(ok.is_some(), "daemon {player} did not come up");
+    }
+
+    /// pA creates a party and pB joins it; returns when the join was sent.
+    pub fn form_party(&self, name: &str) -> std::time::Instant {
+        let out = self.cli("pA", &["party", "create", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let joined = std::time::Instant::now();
+        let out = self.cli("pB", &["party", "join", &invite]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        joined
     }
 
     pub fn cli(&self, player: &str, args: &[&str]) -> std::process::Output {

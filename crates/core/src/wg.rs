@@ -744,31 +744,25 @@ impl Node {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn send_to_peer(&mut self, key: DeviceKey, packet: &[u8], now: Instant) {
+    /// Encrypts `packet` for `key`; `None` when there is no session yet (the packet waits
+    /// in the session's queue and a handshake starts) or no such peer.
+    fn encrypt(&mut self, key: DeviceKey, packet: &[u8], now: Instant) -> Option<WgKind> {
         self.sync_clock(now);
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
+        let peer = self.peers.get_mut(&key)?;
         let packet = Packet::from_bytes(BytesMut::from(packet));
-        if let Some(wg) = peer
-            .tunn
+        peer.tunn
             .handle_outgoing_packet(packet, Some(&mut self.mtu))
-        {
+    }
+
+    fn send_to_peer(&mut self, key: DeviceKey, packet: &[u8], now: Instant) {
+        if let Some(wg) = self.encrypt(key, packet, now) {
             self.queue_wg(key, wg);
         }
     }
 
     /// Encrypts `packet` for `key` and sends it on `route` rather than the peer's endpoint.
     fn send_via(&mut self, key: DeviceKey, packet: &[u8], route: Route, now: Instant) {
-        self.sync_clock(now);
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        let packet = Packet::from_bytes(BytesMut::from(packet));
-        if let Some(wg) = peer
-            .tunn
-            .handle_outgoing_packet(packet, Some(&mut self.mtu))
-        {
+        if let Some(wg) = self.encrypt(key, packet, now) {
             self.send_wg_via(key, wg, route);
         }
     }

@@ -269,18 +269,22 @@ async fn send(shared: &Shared, out: turn::Transmit) {
     }
 }
 
+/// The next datagram; receive errors (ICMP unreachable surfacing on Linux) are skipped.
+async fn recv(socket: &UdpSocket, buf: &mut [u8]) -> (usize, SocketAddr) {
+    loop {
+        match socket.recv_from(buf).await {
+            Ok(r) => return r,
+            Err(e) => tracing::trace!(error = %e, "receive error"),
+        }
+    }
+}
+
 async fn run_listen(shared: Arc<Shared>, index: usize) {
     let addrs: Vec<SocketAddr> = shared.listen.iter().map(|(a, _)| *a).collect();
     let (local, socket) = &shared.listen[index];
     let mut buf = vec![0u8; 65_536];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::trace!(error = %e, "receive error");
-                continue;
-            }
-        };
+        let (n, from) = recv(socket, &mut buf).await;
         let datagram = &buf[..n];
         if let Some((reply_from, reply)) = answer(from, *local, datagram, &addrs) {
             send(
@@ -313,13 +317,7 @@ async fn run_relay(shared: Arc<Shared>, relay: SocketAddr) {
     };
     let mut buf = vec![0u8; 65_536];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::trace!(error = %e, "receive error");
-                continue;
-            }
-        };
+        let (n, from) = recv(&socket, &mut buf).await;
         let out = lock(&server).handle_peer(relay, from, &buf[..n], Instant::now(), rand::random());
         if let Some(out) = out {
             send(&shared, out).await;

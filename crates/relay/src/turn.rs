@@ -75,6 +75,12 @@ pub struct Counters {
     pub relayed_bytes: u64,
 }
 
+/// Where client data goes: a bound channel's peer, or a Send indication's.
+enum Target {
+    Channel(u16),
+    Peer(SocketAddr),
+}
+
 /// The 5-tuple that owns an allocation (UDP implied): client address and listen address.
 type Owner = (SocketAddr, SocketAddr);
 
@@ -93,6 +99,28 @@ struct Allocation {
 impl Allocation {
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions.get(&ip).is_some_and(|t| *t > now)
+    }
+
+    /// Whether `bytes` to or from `ip` may pass: a live permission and room in the rate
+    /// limit. Counts the outcome.
+    fn admit(
+        &mut self,
+        ip: IpAddr,
+        bytes: usize,
+        rate: u64,
+        now: Instant,
+        counters: &mut Counters,
+    ) -> bool {
+        if !self.permitted(ip, now) {
+            counters.no_permission += 1;
+            return false;
+        }
+        if !self.spend(bytes, rate, now) {
+            counters.rate_limited += 1;
+            return false;
+        }
+        counters.relayed_bytes += bytes as u64;
+        true
     }
 
     /// Takes `bytes` from the bucket; false when the allocation is over its rate.
@@ -197,29 +225,7 @@ impl Server {
     ) -> Option<Transmit> {
         let owner = (from, listen);
         if let Some((channel, payload)) = turn::parse_channel_data(datagram) {
-            let rate = self.config.rate_bytes_per_sec;
-            let Some(a) = self.allocations.get_mut(&owner) else {
-                self.counters.no_allocation += 1;
-                return None;
-            };
-            let Some(&(peer, _)) = a.channels.get(&channel) else {
-                self.counters.no_permission += 1;
-                return None;
-            };
-            if !a.permitted(peer.ip(), now) {
-                self.counters.no_permission += 1;
-                return None;
-            }
-            if !a.spend(payload.len(), rate, now) {
-                self.counters.rate_limited += 1;
-                return None;
-            }
-            self.counters.relayed_bytes += payload.len() as u64;
-            return Some(Transmit {
-                from: a.relay,
-                to: peer,
-                payload: payload.to_vec(),
-            });
+            return self.forward_to_peer(owner, Target::Channel(channel), payload, now);
         }
         let Some(msg) = turn::decode_request(datagram) else {
             tracing::trace!(client = %from, len = datagram.len(), head = ?datagram.get(..32), "undecodable datagram");
@@ -229,25 +235,7 @@ impl Server {
             MessageClass::Indication if msg.method() == SEND => {
                 let peer = msg.get_attribute::<XorPeerAddress>()?.address();
                 let data = msg.get_attribute::<Data>()?.data();
-                let rate = self.config.rate_bytes_per_sec;
-                let Some(a) = self.allocations.get_mut(&owner) else {
-                    self.counters.no_allocation += 1;
-                    return None;
-                };
-                if !a.permitted(peer.ip(), now) {
-                    self.counters.no_permission += 1;
-                    return None;
-                }
-                if !a.spend(data.len(), rate, now) {
-                    self.counters.rate_limited += 1;
-                    return None;
-                }
-                self.counters.relayed_bytes += data.len() as u64;
-                Some(Transmit {
-                    from: a.relay,
-                    to: peer,
-                    payload: data.to_vec(),
-                })
+                self.forward_to_peer(owner, Target::Peer(peer), data, now)
             }
             MessageClass::Request => {
                 let payload = self.request(owner, &msg, datagram, now, unix)?;
@@ -276,15 +264,9 @@ impl Server {
         };
         let rate = self.config.rate_bytes_per_sec;
         let a = self.allocations.get_mut(&owner)?;
-        if !a.permitted(from.ip(), now) {
-            self.counters.no_permission += 1;
+        if !a.admit(from.ip(), datagram.len(), rate, now, &mut self.counters) {
             return None;
         }
-        if !a.spend(datagram.len(), rate, now) {
-            self.counters.rate_limited += 1;
-            return None;
-        }
-        self.counters.relayed_bytes += datagram.len() as u64;
         let payload = match a.by_peer.get(&from) {
             Some(&channel) => turn::channel_data(channel, datagram),
             None => turn::data_indication(txid, from, datagram)?,
@@ -293,6 +275,39 @@ impl Server {
             from: owner.1,
             to: owner.0,
             payload,
+        })
+    }
+
+    /// Client data for a peer (by channel or by address) out through the allocation.
+    fn forward_to_peer(
+        &mut self,
+        owner: Owner,
+        target: Target,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<Transmit> {
+        let rate = self.config.rate_bytes_per_sec;
+        let Some(a) = self.allocations.get_mut(&owner) else {
+            self.counters.no_allocation += 1;
+            return None;
+        };
+        let peer = match target {
+            Target::Peer(peer) => peer,
+            Target::Channel(channel) => match a.channels.get(&channel) {
+                Some(&(peer, _)) => peer,
+                None => {
+                    self.counters.no_permission += 1;
+                    return None;
+                }
+            },
+        };
+        if !a.admit(peer.ip(), payload.len(), rate, now, &mut self.counters) {
+            return None;
+        }
+        Some(Transmit {
+            from: a.relay,
+            to: peer,
+            payload: payload.to_vec(),
         })
     }
 
