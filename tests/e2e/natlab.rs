@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{BIN, must, require_root_and_tools, run, wait_for};
+use crate::wanem::Wanem;
 
 /// A router's NAT behaviour (RFC 4787 terms in the comments), as the shared testbed built
 /// and verified them.
@@ -49,6 +50,8 @@ pub struct NatLab {
     prefix: String,
     pub dir: tempfile::TempDir,
     procs: Vec<(String, Child)>,
+    routers: Vec<&'static str>,
+    wanem: Vec<Wanem>,
 }
 
 /// The TURN secret the lab's control plane and relay share.
@@ -60,7 +63,17 @@ pub const SRV1: &str = "203.0.113.10";
 pub const SRV2: &str = "203.0.113.11";
 
 impl NatLab {
+    /// Each player behind its own router.
     pub fn new(name: &str, a: Nat, b: Nat) -> Self {
+        Self::build(name, a, Some(b))
+    }
+
+    /// Both players behind router rA, on one LAN segment (pB at 192.168.1.3).
+    pub fn same_nat(name: &str, nat: Nat) -> Self {
+        Self::build(name, nat, None)
+    }
+
+    fn build(name: &str, a: Nat, b: Option<Nat>) -> Self {
         require_root_and_tools();
         let has_iptables = run(Command::new("sh").args(["-c", "command -v iptables"]))
             .status
@@ -73,46 +86,98 @@ impl NatLab {
             prefix: format!("lrn{}-{name}", std::process::id() % 100_000),
             dir: tempfile::tempdir().expect("temp dir"),
             procs: Vec::new(),
+            routers: if b.is_some() {
+                vec!["rA", "rB"]
+            } else {
+                vec!["rA"]
+            },
+            wanem: Vec::new(),
         };
-        for ns in ["inet", "srv", "rA", "rB", "pA", "pB"] {
+        let routers = lab.routers.clone();
+        for ns in ["inet", "srv", "pA", "pB"].iter().chain(&routers) {
             must(Command::new("ip").args(["netns", "add", &lab.ns(ns)]));
             lab.x(ns, &["ip", "link", "set", "lo", "up"]);
         }
         lab.link("inet", "srv", "srv", "eth0");
         lab.link("inet", "ra", "rA", "wan0");
-        lab.link("inet", "rb", "rB", "wan0");
-        lab.link("rA", "lan0", "pA", "eth0");
-        lab.link("rB", "lan0", "pB", "eth0");
-        for (ns, dev, addr) in [
+        let mut addrs = vec![
             ("inet", "srv", "203.0.113.1/24"),
             ("inet", "ra", "198.51.100.1/24"),
-            ("inet", "rb", "192.0.2.1/24"),
             ("srv", "eth0", "203.0.113.10/24"),
             ("srv", "eth0", "203.0.113.11/24"),
             ("rA", "wan0", "198.51.100.2/24"),
-            ("rB", "wan0", "192.0.2.2/24"),
             ("rA", "lan0", "192.168.1.1/24"),
-            ("rB", "lan0", "192.168.2.1/24"),
             ("pA", "eth0", "192.168.1.2/24"),
-            ("pB", "eth0", "192.168.2.2/24"),
-        ] {
-            lab.x(ns, &["ip", "addr", "add", addr, "dev", dev]);
-        }
-        for (ns, gw) in [
+        ];
+        let mut gateways = vec![
             ("srv", "203.0.113.1"),
             ("rA", "198.51.100.1"),
-            ("rB", "192.0.2.1"),
             ("pA", "192.168.1.1"),
-            ("pB", "192.168.2.1"),
-        ] {
+        ];
+        if b.is_some() {
+            lab.link("inet", "rb", "rB", "wan0");
+            lab.link("rA", "lan0", "pA", "eth0");
+            lab.link("rB", "lan0", "pB", "eth0");
+            addrs.extend([
+                ("inet", "rb", "192.0.2.1/24"),
+                ("rB", "wan0", "192.0.2.2/24"),
+                ("rB", "lan0", "192.168.2.1/24"),
+                ("pB", "eth0", "192.168.2.2/24"),
+            ]);
+            gateways.extend([("rB", "192.0.2.1"), ("pB", "192.168.2.1")]);
+        } else {
+            // One home LAN: a bridge named like the single-player LAN port, so the
+            // router's rules are the same.
+            lab.x("rA", &["ip", "link", "add", "lan0", "type", "bridge"]);
+            lab.x("rA", &["ip", "link", "set", "lan0", "up"]);
+            lab.link("rA", "lana", "pA", "eth0");
+            lab.link("rA", "lanb", "pB", "eth0");
+            for port in ["lana", "lanb"] {
+                lab.x("rA", &["ip", "link", "set", port, "master", "lan0"]);
+            }
+            addrs.push(("pB", "eth0", "192.168.1.3/24"));
+            gateways.push(("pB", "192.168.1.1"));
+        }
+        for (ns, dev, addr) in addrs {
+            lab.x(ns, &["ip", "addr", "add", addr, "dev", dev]);
+        }
+        for (ns, gw) in gateways {
             lab.x(ns, &["ip", "route", "add", "default", "via", gw]);
         }
-        for ns in ["inet", "rA", "rB"] {
+        for ns in ["inet"].iter().chain(&routers) {
             lab.x(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         }
         lab.router("rA", a);
-        lab.router("rB", b);
+        if let Some(b) = b {
+            lab.router("rB", b);
+        }
         lab
+    }
+
+    /// Delays every packet crossing a router's WAN link by `delay`, each way, and drops
+    /// `loss_pct` percent of them (user space, see `wanem`).
+    pub fn impair(&mut self, delay: Duration, loss_pct: f64) {
+        for (i, r) in self.routers.clone().into_iter().enumerate() {
+            for rule in [
+                "-t mangle -A PREROUTING -i wan0 -j NFQUEUE --queue-num 0",
+                "-t mangle -A POSTROUTING -o wan0 -j NFQUEUE --queue-num 0",
+            ] {
+                let mut args = vec!["iptables", "-w"];
+                args.extend(rule.split_whitespace());
+                self.x(r, &args);
+            }
+            let seed = 0x5eed + i as u64;
+            self.wanem
+                .push(Wanem::start(&self.ns(r), 0, delay, loss_pct, seed));
+        }
+    }
+
+    /// Packets the WAN emulators held, and dropped, so far.
+    pub fn wan_packets(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.wanem.iter().fold((0, 0), |(p, d), w| {
+            (p + w.packets.load(Relaxed), d + w.dropped.load(Relaxed))
+        })
     }
 
     fn ns(&self, short: &str) -> String {
@@ -154,6 +219,9 @@ impl NatLab {
             "-P FORWARD DROP",
             "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
             "-A FORWARD -i lan0 -o wan0 -j ACCEPT",
+            // Between players on one LAN (a bridge: with br_netfilter loaded, bridged
+            // frames pass this chain too), as a home router's switch would.
+            "-A FORWARD -i lan0 -o lan0 -j ACCEPT",
             "-A FORWARD -i wan0 -o lan0 -m conntrack --ctstate DNAT -j ACCEPT",
             "-A INPUT -i wan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
             "-A INPUT -i wan0 -j DROP",
@@ -406,6 +474,18 @@ impl NatLab {
             .expect("ping")
     }
 
+    /// Starts pinging `ip` every 50 ms for `secs` seconds, printing a wall-clock stamp
+    /// per reply (`ping -D`); read the result with [`first_reply`].
+    pub fn spawn_stamped_ping(&self, player: &str, ip: &str, secs: u32) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(player), "ping", "-n", "-D"])
+            .args(["-i", "0.05", "-W", "1", "-w", &secs.to_string(), ip])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ping")
+    }
+
     pub fn ping_loss(&self, player: &str, ip: &str, count: u32) -> f64 {
         crate::harness::ping_loss_in(&self.ns(player), ip, count)
     }
@@ -421,8 +501,23 @@ impl Drop for NatLab {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.wanem.clear();
         for ns in ["pA", "pB", "rA", "rB", "srv", "inet"] {
             let _ = run(Command::new("ip").args(["netns", "del", &self.ns(ns)]));
         }
     }
+}
+
+/// The wall-clock time of the first reply a [`NatLab::spawn_stamped_ping`] printed, after
+/// it finished.
+pub fn first_reply(ping: Child) -> Option<std::time::SystemTime> {
+    let out = ping.wait_with_output().expect("ping output");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .find_map(|l| {
+            let stamp = l.strip_prefix('[')?.split(']').next()?;
+            let secs: f64 = stamp.parse().ok()?;
+            Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs))
+        })
 }

@@ -580,6 +580,7 @@ impl Service {
                     online: !m.away,
                     candidates: c.candidates,
                     relayed: c.relayed,
+                    nat: c.nat,
                 }
             })
             .collect();
@@ -647,5 +648,6 @@ fn stored_candidates(json: &str) -> CandidatesRequest {
     serde_json::from_str(json).unwrap_or_else(|_| CandidatesRequest {
         candidates: serde_json::from_str(json).unwrap_or_default(),
         relayed: Vec::new(),
+        nat: None,
     })
 }

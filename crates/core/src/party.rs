@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use lanrage_proto::DeviceKey;
-use lanrage_proto::api::PartyView;
+use lanrage_proto::api::{NatHint, PartyView};
 
 /// Most candidate addresses used per peer.
 pub const MAX_CANDIDATES: usize = 16;
@@ -30,6 +30,8 @@ pub struct CheckedPeer {
     pub candidates: Vec<SocketAddr>,
     /// The candidates that are TURN relayed addresses.
     pub relayed: Vec<SocketAddr>,
+    /// The member's NAT, as it reported it.
+    pub nat: Option<NatHint>,
 }
 
 /// Why a view was refused.
@@ -88,6 +90,7 @@ pub fn check_view(view: &PartyView, me: &DeviceKey) -> Result<CheckedView, ViewE
                 .copied()
                 .collect(),
             candidates,
+            nat: m.nat,
         });
     }
     Ok(CheckedView {
@@ -145,6 +148,7 @@ mod tests {
                 .map(|c| c.parse().expect("addr"))
                 .collect(),
             relayed: Vec::new(),
+            nat: None,
         }
     }
 

@@ -187,6 +187,24 @@ pub struct NatReport {
     pub mapped: BTreeMap<SocketAddr, SocketAddr>,
 }
 
+impl NatReport {
+    /// What peers need to know to punch through this NAT: `None` while the mapping or the
+    /// public address is unknown.
+    pub fn hint(&self) -> Option<lanrage_proto::api::NatHint> {
+        let hard = match self.mapping {
+            Mapping::EndpointIndependent => false,
+            Mapping::AddressDependent
+            | Mapping::AddressAndPortDependent
+            | Mapping::EndpointDependent => true,
+            Mapping::Unknown => return None,
+        };
+        Some(lanrage_proto::api::NatHint {
+            hard,
+            public_addr: self.public_addr?,
+        })
+    }
+}
+
 /// What a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {

@@ -33,6 +33,7 @@ use gotatun::packet::{Packet, WgKind};
 use gotatun::tun::MtuWatcher;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::DeviceKey;
+use lanrage_proto::api::NatHint;
 use lanrage_proto::local::PathKind;
 use mock_instant::thread_local::MockClock;
 use rand::rngs::StdRng;
@@ -80,6 +81,19 @@ const CONNECT_GRACE: Duration = Duration::from_secs(15);
 /// waited for a handshake or a scheduler hiccup does not skew it.
 const RTT_SAMPLES: usize = 8;
 
+/// Birthday punching (see [`Spray`]): extra sockets on the hard side, guesses from the easy
+/// side per round, rounds at most, the pause between rounds, and how long after a peer
+/// appears the ordinary candidates get to work first.
+pub const SPRAY_SOCKETS: u16 = 256;
+const SPRAY_GUESSES: usize = 1024;
+const SPRAY_ROUNDS: u8 = 3;
+const SPRAY_ROUND_INTERVAL: Duration = Duration::from_secs(10);
+const SPRAY_AFTER: Duration = Duration::from_secs(2);
+/// Guesses sent per timer tick: a round's 1024 spread over one second.
+const SPRAY_GUESSES_PER_TICK: usize = 256;
+/// A Linux NAT picks random ports from 1024–65535.
+const SPRAY_PORT_MIN: u16 = 1024;
+
 /// How a datagram travels between this device and a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
@@ -92,13 +106,17 @@ pub enum Route {
         server: SocketAddr,
         peer: SocketAddr,
     },
+    /// From the extra punching socket `index` (below [`SPRAY_SOCKETS`]) to `peer`: behind a
+    /// NAT that maps every destination separately, each extra socket is one more mapping
+    /// towards the peer (see [`Spray`]).
+    Socket { index: u16, peer: SocketAddr },
 }
 
 impl Route {
     /// The peer's address on this route (as the relay sees it, when through ours).
     pub fn peer_addr(&self) -> SocketAddr {
         match self {
-            Route::Direct(a) | Route::Relay { peer: a, .. } => *a,
+            Route::Direct(a) | Route::Relay { peer: a, .. } | Route::Socket { peer: a, .. } => *a,
         }
     }
 }
@@ -108,6 +126,7 @@ impl std::fmt::Display for Route {
         match self {
             Route::Direct(a) => write!(f, "{a}"),
             Route::Relay { server, peer } => write!(f, "{peer} via relay {server}"),
+            Route::Socket { index, peer } => write!(f, "{peer} from punching socket {index}"),
         }
     }
 }
@@ -178,6 +197,8 @@ pub struct Node {
     rng: StdRng,
     mtu: MtuWatcher,
     counters: Counters,
+    /// This device's NAT, once probed.
+    nat: Option<NatHint>,
 }
 
 struct Peer {
@@ -204,6 +225,56 @@ struct Peer {
     rtts: VecDeque<Duration>,
     rx_bytes: u64,
     tx_bytes: u64,
+    /// The peer's NAT, as it reported it.
+    nat: Option<NatHint>,
+    spray: Spray,
+}
+
+/// Birthday punching, for a pair where one NAT maps every destination to a new public port
+/// (RFC 4787 endpoint-dependent, "hard") and the other keeps one port for all ("easy"):
+/// no address the hard side can publish is the one its NAT will use towards the peer.
+///
+/// Once the pair has a session (through a relay) but no direct path, each round:
+/// - the hard side sends an in-tunnel probe from each of [`SPRAY_SOCKETS`] extra sockets to
+///   the easy side's public address, three times a second apart. Each opens its own mapping
+///   on the hard NAT, answerable from exactly that address;
+/// - a second in, the easy side sends [`SPRAY_GUESSES`] in-tunnel probes to random ports of
+///   the hard side's public IP, each opening its own NAT's filter for that address.
+///
+/// A guess that lands on one of the mappings reaches the hard side (or opens the way for
+/// its next probe): an authenticated packet, so the receiver learns the path and checks it
+/// like any other, and traffic moves there. With 256 mappings among the 64 512 ports a Linux
+/// NAT picks from, one round hits with probability 1 − (1 − 256/64512)^1024 ≈ 98 %; at most
+/// [`SPRAY_ROUNDS`] rounds run, [`SPRAY_ROUND_INTERVAL`] apart, so the whole attempt is
+/// bounded at 2 304 packets from the hard side and 3 072 from the easy side. Both hard:
+/// nothing to aim at, the relay stays.
+#[derive(Debug, Default)]
+struct Spray {
+    rounds: u8,
+    /// Ticks into the current round; `None` between rounds.
+    step: Option<u8>,
+    next: Option<Instant>,
+}
+
+/// Which side of a birthday punch this device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SprayRole {
+    /// Our NAT is hard: send from the extra sockets to the peer's public address.
+    Hard(SocketAddr),
+    /// Our NAT is easy: guess ports on the peer's public IP.
+    Easy(std::net::IpAddr),
+}
+
+fn spray_role(own: Option<NatHint>, peer: Option<NatHint>) -> Option<SprayRole> {
+    let (own, peer) = (own?, peer?);
+    if own.public_addr.ip() == peer.public_addr.ip() {
+        return None; // the same NAT: host candidates meet inside it
+    }
+    match (own.hard, peer.hard) {
+        (true, false) => Some(SprayRole::Hard(peer.public_addr)),
+        (false, true) => Some(SprayRole::Easy(peer.public_addr.ip())),
+        _ => None,
+    }
 }
 
 /// One way to a peer (an ICE candidate pair, in RFC 8445 terms, with this device's one
@@ -261,7 +332,15 @@ impl Peer {
         match route {
             Route::Direct(a) => self.relayed.contains(&a),
             Route::Relay { .. } => true,
+            Route::Socket { .. } => false,
         }
+    }
+
+    /// Whether a path that does not go through a relay works now.
+    fn direct_alive(&self, now: Instant) -> bool {
+        self.paths
+            .iter()
+            .any(|p| !p.relayed && p.alive(now, Some(p.route) == self.endpoint))
     }
 
     /// One path per candidate; learned paths stay.
@@ -421,6 +500,7 @@ impl Node {
             rng,
             mtu: MtuWatcher::new(1420),
             counters: Counters::default(),
+            nat: None,
         }
     }
 
@@ -446,6 +526,26 @@ impl Node {
     /// Sets the TUN MTU that outgoing packets are padded up to (whitepaper §5.4.6).
     pub fn set_mtu(&mut self, mtu: u16) {
         self.mtu = MtuWatcher::new(mtu);
+    }
+
+    /// Sets what this device's NAT probe found, for punching through a hard NAT.
+    pub fn set_nat(&mut self, nat: Option<NatHint>) {
+        if self.nat != nat {
+            self.nat = nat;
+            for peer in self.peers.values_mut() {
+                peer.spray = Spray::default();
+            }
+        }
+    }
+
+    /// Sets what a peer reported about its NAT.
+    pub fn set_peer_nat(&mut self, key: &DeviceKey, nat: Option<NatHint>) {
+        if let Some(peer) = self.peers.get_mut(key)
+            && peer.nat != nat
+        {
+            peer.nat = nat;
+            peer.spray = Spray::default();
+        }
     }
 
     /// Adds a peer, or updates its virtual IP and candidate addresses.
@@ -503,6 +603,8 @@ impl Node {
                 rtts: VecDeque::with_capacity(RTT_SAMPLES),
                 rx_bytes: 0,
                 tx_bytes: 0,
+                nat: None,
+                spray: Spray::default(),
             };
             peer.sync_paths(now);
             self.peers.insert(key, peer);
@@ -615,6 +717,7 @@ impl Node {
             }
             let table = &self.index_table;
             self.by_index.retain(|idx, _| table.in_use(*idx));
+            self.spray(now);
         }
         let Some(local_ip) = self.local_ip.filter(|_| self.probing) else {
             return;
@@ -672,6 +775,81 @@ impl Node {
         }
     }
 
+    /// Runs the due steps of birthday punching (see [`Spray`]) for every peer that needs it.
+    fn spray(&mut self, now: Instant) {
+        let Some(local_ip) = self.local_ip else {
+            return;
+        };
+        let keys: Vec<DeviceKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            let own = self.nat;
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            let Some(role) = spray_role(own, peer.nat) else {
+                continue;
+            };
+            let wanted = peer.tunn.has_active_session()
+                && !peer.direct_alive(now)
+                && now.saturating_duration_since(peer.added_at) >= SPRAY_AFTER;
+            let spray = &mut peer.spray;
+            if !wanted {
+                spray.step = None; // a round in progress stops once direct works
+                continue;
+            }
+            let step = match spray.step {
+                Some(step) => step,
+                None if spray.rounds < SPRAY_ROUNDS && spray.next.is_none_or(|t| now >= t) => {
+                    tracing::info!(peer = %key, ?role, round = spray.rounds + 1, "birthday punching");
+                    spray.rounds += 1;
+                    0
+                }
+                None => continue,
+            };
+            // A round is two seconds of ticks. The hard side's sockets send at its start,
+            // middle and end; the easy side guesses during the second half-second and the
+            // next, after the hard side's mappings exist (a guess that arrives before the
+            // mapping could, on a NAT that tracks it, keep that port from being chosen).
+            let ticks = (SPRAY_GUESSES / SPRAY_GUESSES_PER_TICK) as u8;
+            let last = 2 * ticks;
+            spray.step = if step >= last {
+                spray.next = Some(now + SPRAY_ROUND_INTERVAL);
+                None
+            } else {
+                Some(step + 1)
+            };
+            let routes: Vec<Route> = match role {
+                SprayRole::Hard(to) if step % ticks == 0 => (0..SPRAY_SOCKETS)
+                    .map(|index| Route::Socket { index, peer: to })
+                    .collect(),
+                SprayRole::Hard(_) => Vec::new(),
+                SprayRole::Easy(_) if step < ticks || step >= last => Vec::new(),
+                SprayRole::Easy(ip) => (0..SPRAY_GUESSES_PER_TICK)
+                    .map(|_| {
+                        let span = u32::from(u16::MAX - SPRAY_PORT_MIN) + 1;
+                        let port = SPRAY_PORT_MIN + (self.rng.next_u32() % span) as u16;
+                        Route::Direct(SocketAddr::new(ip, port))
+                    })
+                    .collect(),
+            };
+            let sent_ns = self.nanos_since_epoch(now);
+            for route in routes {
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    break;
+                };
+                // Not remembered as pending: the receiver checks a hit with its own probes.
+                peer.probe_seq = peer.probe_seq.wrapping_add(1);
+                let probe = Probe {
+                    kind: ProbeKind::Ping,
+                    seq: peer.probe_seq,
+                    sent_ns,
+                };
+                let bytes = packet::build_probe(local_ip, peer.virtual_ip, probe);
+                self.send_via(key, &bytes, route, now);
+            }
+        }
+    }
+
     /// The next instant [`Node::handle_timeout`] wants to run.
     pub fn poll_timeout(&self) -> Instant {
         let probes = self.local_ip.filter(|_| self.probing).and_then(|_| {
@@ -716,6 +894,7 @@ impl Node {
                 relay: p.endpoint.and_then(|e| match e {
                     Route::Direct(a) => p.relayed.contains(&a).then_some(a),
                     Route::Relay { server, .. } => Some(server),
+                    Route::Socket { .. } => None,
                 }),
                 path_changes: p.path_changes,
                 srtt: median(&p.rtts),

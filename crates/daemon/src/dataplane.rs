@@ -4,6 +4,7 @@
 //! WireGuard goes to the node, STUN and TURN ChannelData are counted until ICE and the relay
 //! client claim them. The task owns the node, so no lock is ever held around it.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,11 @@ const BATCH: usize = 64;
 /// Relays one daemon holds an allocation on: the second is the fallback when the first
 /// fails, and lets each peer pair pick the faster of two.
 const MAX_TURN: usize = 2;
+/// A punching socket not sent on for this long is closed (the one that found a path is
+/// probed every few seconds at least, so it stays).
+const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Datagrams from punching sockets waiting for the data-plane task.
+const SPARE_QUEUE: usize = 256;
 
 /// One peer the data plane should have (checked by `lanrage_core::party::check_view`).
 pub use lanrage_core::party::CheckedPeer as PeerConfig;
@@ -94,6 +100,7 @@ impl DataPlane {
         let mut node = Node::new(secret, seed, Instant::now());
         node.set_mtu(mtu);
         let (tx, rx) = mpsc::channel(16);
+        let (spare_tx, spare_rx) = mpsc::channel(SPARE_QUEUE);
         let now = Instant::now();
         let task = Task {
             node,
@@ -109,6 +116,9 @@ impl DataPlane {
             nat: None,
             turn: Vec::new(),
             peer_ips: Vec::new(),
+            spare: HashMap::new(),
+            spare_tx,
+            spare_rx,
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -177,6 +187,52 @@ struct Task {
     probe: Option<NatProbe>,
     next_probe: Instant,
     nat: Option<NatReport>,
+    /// Extra sockets for birthday punching (`Route::Socket`), opened on first use.
+    spare: HashMap<u16, Spare>,
+    spare_tx: mpsc::Sender<(u16, SocketAddr, Vec<u8>)>,
+    spare_rx: mpsc::Receiver<(u16, SocketAddr, Vec<u8>)>,
+}
+
+/// One punching socket: its receive loop hands WireGuard datagrams to the task.
+struct Spare {
+    socket: Arc<UdpSocket>,
+    last_send: Instant,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Spare {
+    fn open(index: u16, tx: mpsc::Sender<(u16, SocketAddr, Vec<u8>)>) -> std::io::Result<Self> {
+        let std = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        std.set_nonblocking(true)?;
+        let socket = Arc::new(UdpSocket::from_std(std)?);
+        let reader_socket = Arc::clone(&socket);
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; RECV_BUF];
+            loop {
+                match reader_socket.recv_from(&mut buf).await {
+                    Ok((n, from)) if classify(&buf[..n]) == PacketClass::WireGuard => {
+                        // A full queue drops, as a busy socket would.
+                        let _ = tx.try_send((index, from, buf[..n].to_vec()));
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+                if tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            socket,
+            last_send: Instant::now(),
+            reader,
+        })
+    }
 }
 
 impl Task {
@@ -203,6 +259,13 @@ impl Task {
                     // ICMP errors (port unreachable) surface here on Linux; not fatal.
                     Err(e) => tracing::trace!(error = %e, "udp receive error"),
                 },
+                Some((index, from, data)) = self.spare_rx.recv() => {
+                    let now = Instant::now();
+                    self.node.handle_datagram(Route::Socket { index, peer: from }, &data, now);
+                    while let Ok((index, from, data)) = self.spare_rx.try_recv() {
+                        self.node.handle_datagram(Route::Socket { index, peer: from }, &data, now);
+                    }
+                }
                 r = recv_tun(self.tun.as_ref(), &mut tun_buf) => match r {
                     Ok(n) => {
                         let now = Instant::now();
@@ -260,6 +323,8 @@ impl Task {
             p.handle_timeout(now);
         }
         self.finish_probe(now);
+        self.spare
+            .retain(|_, s| now.saturating_duration_since(s.last_send) < SPARE_IDLE);
     }
 
     fn local_port(&self) -> u16 {
@@ -271,6 +336,7 @@ impl Task {
             return;
         };
         tracing::info!(mapping = ?report.mapping, public = ?report.public_addr, "NAT probed");
+        self.node.set_nat(report.hint());
         self.nat = Some(report);
         self.probe = None;
         self.next_probe = now + NAT_REPROBE;
@@ -325,6 +391,27 @@ impl Task {
         }
     }
 
+    /// Sends from punching socket `index`, opening it first if needed.
+    fn send_spare(&mut self, index: u16, payload: &[u8], dst: SocketAddr, now: Instant) {
+        let spare = match self.spare.entry(index) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                match Spare::open(index, self.spare_tx.clone()) {
+                    Ok(s) => v.insert(s),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "punching socket not opened");
+                        return;
+                    }
+                }
+            }
+        };
+        spare.last_send = now;
+        // Best effort: a full send buffer drops the packet, as the network might.
+        if let Err(e) = spare.socket.try_send_to(payload, dst) {
+            tracing::trace!(error = %e, %dst, "punching send failed");
+        }
+    }
+
     fn set_ice(
         &mut self,
         stun: Vec<SocketAddr>,
@@ -367,6 +454,7 @@ impl Task {
         while let Some(t) = self.node.poll_transmit() {
             match t.dst {
                 Route::Direct(dst) => self.send_udp(&t.payload, dst).await,
+                Route::Socket { index, peer } => self.send_spare(index, &t.payload, peer, now),
                 Route::Relay { server, peer } => {
                     let framed = self
                         .turn
@@ -439,8 +527,10 @@ impl Task {
                         self.peer_ips = ips;
                     }
                     for p in peers {
+                        let (key, nat) = (p.key, p.nat);
                         self.node
-                            .upsert_peer(p.key, p.virtual_ip, p.candidates, p.relayed, now);
+                            .upsert_peer(key, p.virtual_ip, p.candidates, p.relayed, now);
+                        self.node.set_peer_nat(&key, nat);
                     }
                 }
                 let _ = reply.send(result);
@@ -451,6 +541,7 @@ impl Task {
                     self.node.remove_peer(&key);
                 }
                 self.node.set_local(None);
+                self.spare.clear();
                 self.tun = None; // closing the descriptor deletes the interface
                 let _ = reply.send(());
             }

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use lanrage_control::{Control, ControlConfig};
+use lanrage_core::stun::NatReport;
 use lanrage_proto::api::{
     CandidatesRequest, CreatePartyRequest, JoinPartyRequest, PartyView, ServerMessage,
 };
@@ -761,7 +762,7 @@ impl Supervisor {
         let stats = self.dataplane.stats().await;
         // The server-reflexive address: behind an endpoint-independent NAT, peers that
         // send to it at the same time as we send to theirs open the way both directions.
-        if let Some(public) = stats.nat.and_then(|n| n.public_addr)
+        if let Some(public) = stats.nat.as_ref().and_then(|n| n.public_addr)
             && !mine.contains(&public)
         {
             mine.push(public);
@@ -772,17 +773,19 @@ impl Supervisor {
                 mine.push(*r);
             }
         }
+        let nat = stats.nat.as_ref().and_then(NatReport::hint);
         let published = view
             .members
             .iter()
             .find(|m| m.public_key == self.key)
-            .map(|m| (m.candidates.clone(), m.relayed.clone()));
-        if published.as_ref() == Some(&(mine.clone(), stats.relayed.clone())) {
+            .map(|m| (m.candidates.clone(), m.relayed.clone(), m.nat));
+        if published.as_ref() == Some(&(mine.clone(), stats.relayed.clone(), nat)) {
             return;
         }
         let req = CandidatesRequest {
             candidates: mine,
             relayed: stats.relayed,
+            nat,
         };
         match s.client.set_candidates(s.invite.party, req).await {
             Ok(view) => {

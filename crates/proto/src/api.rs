@@ -76,6 +76,21 @@ pub struct CandidatesRequest {
     /// The subset of `candidates` that are TURN relayed addresses.
     #[serde(default)]
     pub relayed: Vec<SocketAddr>,
+    /// How this device's NAT maps its socket, once probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatHint>,
+}
+
+/// How a member's NAT maps its UDP socket, as the member's own STUN probe measured it: what
+/// a peer needs to punch through when one of the two NATs is hard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatHint {
+    /// The NAT gives the socket a new public port for each destination (RFC 4787
+    /// endpoint-dependent mapping, "symmetric"); false when the mapping is endpoint
+    /// independent.
+    pub hard: bool,
+    /// The server-reflexive address (its IP is all that counts when `hard`).
+    pub public_addr: SocketAddr,
 }
 
 /// A party as its members see it.
@@ -107,6 +122,8 @@ pub struct MemberView {
     /// The subset of `candidates` that are TURN relayed addresses.
     #[serde(default)]
     pub relayed: Vec<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatHint>,
 }
 
 /// `GET /v1/ice`: the STUN and TURN servers this device should use, with TURN REST

@@ -16,6 +16,8 @@ struct Pair {
     in_flight: Vec<(Instant, SocketAddr, Transmit)>,
     /// Every datagram that crossed the link, with its time (for assertions).
     wire: Vec<(Instant, SocketAddr, Vec<u8>)>,
+    /// Where each of those datagrams was sent.
+    routes: Vec<(Instant, SocketAddr, Route)>,
     a_tun: Vec<Vec<u8>>,
     b_tun: Vec<Vec<u8>>,
     /// Datagrams towards A are dropped until this instant (an address-filtering NAT in
@@ -39,6 +41,7 @@ impl Pair {
             delay,
             in_flight: Vec::new(),
             wire: Vec::new(),
+            routes: Vec::new(),
             a_tun: Vec::new(),
             b_tun: Vec::new(),
             a_filtered_until: None,
@@ -104,10 +107,12 @@ impl Pair {
         let at = self.now + self.delay;
         while let Some(t) = self.a.poll_transmit() {
             self.wire.push((self.now, self.a_addr, t.payload.clone()));
+            self.routes.push((self.now, self.a_addr, t.dst));
             self.in_flight.push((at, self.a_addr, t));
         }
         while let Some(t) = self.b.poll_transmit() {
             self.wire.push((self.now, self.b_addr, t.payload.clone()));
+            self.routes.push((self.now, self.b_addr, t.dst));
             self.in_flight.push((at, self.b_addr, t));
         }
         while let Some(p) = self.a.poll_tun() {
@@ -383,4 +388,140 @@ fn random_wireguard_shaped_datagrams_never_panic() {
     pair.a_sends(b"still here");
     pair.drive(Duration::from_millis(50));
     assert_eq!(pair.b_tun.len(), 2);
+}
+
+fn hint(hard: bool, addr: &str) -> Option<NatHint> {
+    Some(NatHint {
+        hard,
+        public_addr: addr.parse().expect("addr"),
+    })
+}
+
+/// A pair whose only path counts as relayed (each side's candidate is marked as its TURN
+/// relayed address), with the given NATs: A's and B's.
+fn relayed_pair(a_nat: Option<NatHint>, b_nat: Option<NatHint>) -> Pair {
+    let mut pair = Pair::new(Duration::from_millis(10)).with_probes();
+    let (ka, kb) = (pair.a.public_key(), pair.b.public_key());
+    let (a_addr, b_addr, now) = (pair.a_addr, pair.b_addr, pair.now);
+    pair.a
+        .upsert_peer(kb, B_IP, vec![b_addr], vec![b_addr], now);
+    pair.b
+        .upsert_peer(ka, A_IP, vec![a_addr], vec![a_addr], now);
+    pair.a.set_nat(a_nat);
+    pair.b.set_nat(b_nat);
+    pair.a.set_peer_nat(&kb, b_nat);
+    pair.b.set_peer_nat(&ka, a_nat);
+    pair
+}
+
+/// Datagrams `from` sent on punching sockets, and to addresses other than the pair's.
+fn spray_counts(pair: &Pair, from: SocketAddr) -> (usize, usize) {
+    let sockets = pair
+        .routes
+        .iter()
+        .filter(|(_, f, r)| *f == from && matches!(r, Route::Socket { .. }))
+        .count();
+    let guesses = pair
+        .routes
+        .iter()
+        .filter(|(_, f, r)| {
+            *f == from && matches!(r, Route::Direct(d) if *d != pair.a_addr && *d != pair.b_addr)
+        })
+        .count();
+    (sockets, guesses)
+}
+
+#[test]
+fn birthday_punching_between_hard_and_easy_is_bounded() {
+    let mut pair = relayed_pair(
+        hint(true, "198.51.100.2:40000"),
+        hint(false, "192.0.2.9:50000"),
+    );
+    let start = pair.now;
+    pair.drive(Duration::from_secs(60));
+    // The hard side: 256 sockets, three times a round, three rounds, all to B's public
+    // address; nothing guessed.
+    let (sockets, guesses) = spray_counts(&pair, pair.a_addr);
+    assert_eq!((sockets, guesses), (3 * 3 * 256, 0));
+    for (t, _, r) in pair.routes.iter().filter(|(_, f, _)| *f == pair.a_addr) {
+        if let Route::Socket { index, peer } = r {
+            assert!(*index < SPRAY_SOCKETS);
+            assert_eq!(peer.to_string(), "192.0.2.9:50000");
+            assert!(
+                *t - start >= SPRAY_AFTER,
+                "sprayed before the candidates had a go"
+            );
+        }
+    }
+    // The easy side: 1024 guesses a round at A's public IP, from its one socket.
+    let (sockets, guesses) = spray_counts(&pair, pair.b_addr);
+    assert_eq!((sockets, guesses), (0, 3 * 1024));
+    let mut ports = std::collections::HashSet::new();
+    for (_, _, r) in pair.routes.iter().filter(|(_, f, _)| *f == pair.b_addr) {
+        if let Route::Direct(d) = r
+            && *d != pair.a_addr
+        {
+            assert_eq!(d.ip().to_string(), "198.51.100.2");
+            assert!(d.port() >= SPRAY_PORT_MIN);
+            ports.insert(d.port());
+        }
+    }
+    assert!(
+        ports.len() > 2_900,
+        "guesses should spread: {}",
+        ports.len()
+    );
+    // The guesses of a round come after the hard side's first burst.
+    let first_socket = pair
+        .routes
+        .iter()
+        .find(|(_, _, r)| matches!(r, Route::Socket { .. }))
+        .map(|(t, _, _)| *t)
+        .expect("sprayed");
+    let first_guess = pair
+        .routes
+        .iter()
+        .find(|(_, f, r)| *f == pair.b_addr && matches!(r, Route::Direct(d) if *d != pair.a_addr))
+        .map(|(t, _, _)| *t)
+        .expect("guessed");
+    assert!(first_guess >= first_socket + Duration::from_millis(900));
+    // Bounded: no more rounds later.
+    let before = pair.routes.len();
+    pair.drive(Duration::from_secs(60));
+    let later = spray_counts(&pair, pair.a_addr).0 + spray_counts(&pair, pair.b_addr).1;
+    assert_eq!(
+        later,
+        3 * 3 * 256 + 3 * 1024,
+        "{} new routes",
+        pair.routes.len() - before
+    );
+}
+
+#[test]
+fn no_birthday_punching_without_a_hard_and_an_easy_nat_or_with_a_direct_path() {
+    let cases = [
+        (hint(true, "198.51.100.2:1"), hint(true, "192.0.2.9:2")),
+        (hint(false, "198.51.100.2:1"), hint(false, "192.0.2.9:2")),
+        // Behind the same NAT: host candidates meet inside it.
+        (hint(true, "198.51.100.2:1"), hint(false, "198.51.100.2:2")),
+        (None, hint(true, "192.0.2.9:2")),
+    ];
+    for (a, b) in cases {
+        let mut pair = relayed_pair(a, b);
+        pair.drive(Duration::from_secs(30));
+        assert_eq!(spray_counts(&pair, pair.a_addr), (0, 0), "{a:?} {b:?}");
+        assert_eq!(spray_counts(&pair, pair.b_addr), (0, 0), "{a:?} {b:?}");
+    }
+    // Hard against easy, but the pair is already direct.
+    let mut pair = Pair::new(Duration::from_millis(10)).with_probes();
+    let (a, b) = (hint(true, "198.51.100.2:1"), hint(false, "192.0.2.9:2"));
+    let (ka, kb) = (pair.a.public_key(), pair.b.public_key());
+    pair.a.set_nat(a);
+    pair.b.set_nat(b);
+    pair.a.set_peer_nat(&kb, b);
+    pair.b.set_peer_nat(&ka, a);
+    pair.drive(Duration::from_secs(30));
+    assert!(pair.a.has_session(&kb));
+    assert_eq!(spray_counts(&pair, pair.a_addr), (0, 0));
+    assert_eq!(spray_counts(&pair, pair.b_addr), (0, 0));
 }
