@@ -400,6 +400,15 @@ impl NatProbe {
         self.requests.values().map(|r| r.next).min()
     }
 
+    /// The server-reflexive address as soon as the primary server (or any) answered,
+    /// before the filtering tests finish: a candidate worth publishing at once.
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.primary
+            .and_then(|p| self.mapped.get(&p))
+            .or_else(|| self.mapped.values().next())
+            .copied()
+    }
+
     /// The classification, once every request was answered or given up.
     pub fn report(&self) -> Option<NatReport> {
         if !self.requests.is_empty() || !self.deferred.is_empty() {

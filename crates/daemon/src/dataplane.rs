@@ -51,6 +51,9 @@ pub struct Snapshot {
     pub interface: Option<String>,
     /// TURN relayed addresses held now (candidates for peers).
     pub relayed: Vec<SocketAddr>,
+    /// The server-reflexive address: the last probe's, else the first answer of the
+    /// probe under way (published before the filtering tests end).
+    pub public_addr: Option<SocketAddr>,
 }
 
 enum Command {
@@ -552,6 +555,11 @@ impl Task {
                     dropped_spoofed: self.node.counters().dropped_spoofed,
                     interface: self.tun.as_ref().map(|_| TUN_NAME.to_owned()),
                     relayed: self.turn.iter().filter_map(TurnClient::relayed).collect(),
+                    public_addr: self
+                        .nat
+                        .as_ref()
+                        .and_then(|n| n.public_addr)
+                        .or_else(|| self.probe.as_ref().and_then(NatProbe::public_addr)),
                 });
             }
             Command::SetIce { stun, turn } => self.set_ice(stun, turn, now),

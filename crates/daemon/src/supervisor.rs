@@ -762,7 +762,7 @@ impl Supervisor {
         let stats = self.dataplane.stats().await;
         // The server-reflexive address: behind an endpoint-independent NAT, peers that
         // send to it at the same time as we send to theirs open the way both directions.
-        if let Some(public) = stats.nat.as_ref().and_then(|n| n.public_addr)
+        if let Some(public) = stats.public_addr
             && !mine.contains(&public)
         {
             mine.push(public);
