@@ -602,23 +602,18 @@ fn a_blocked_direct_path_fails_over_to_the_relay_and_back() {
     })
     .unwrap_or_else(|| panic!("never back to direct: {}", lab.log("pB")));
     let out = pinger.wait_with_output().expect("ping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let received: u32 = text
-        .split(", ")
-        .find_map(|part| part.strip_suffix(" received").and_then(|n| n.parse().ok()))
-        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let lost = lost_of(&String::from_utf8_lossy(&out.stdout));
     eprintln!(
-        "failover to relay {:.2} s, back to direct {:.2} s after the cut was lifted, {} of 400 pings lost",
+        "failover to relay {:.2} s, back to direct {:.2} s after the cut was lifted, {lost} of 400 pings lost",
         to_relay.as_secs_f64(),
         back.as_secs_f64(),
-        400 - received
     );
     assert!(
         to_relay < Duration::from_secs(3),
         "failover took {to_relay:?}"
     );
     assert!(back < Duration::from_secs(30), "recovery took {back:?}");
-    assert!(400 - received <= 30, "{} pings lost", 400 - received);
+    assert!(lost <= 30, "{lost} pings lost");
 }
 
 /// coturn as the TURN server (the control plane hands it out with REST credentials signed
@@ -750,6 +745,103 @@ fn nat_matrix() {
         eprintln!("{r}");
     }
     assert_eq!(rows.len(), 11);
+}
+
+/// Two relays, one 25 ms further away each way: a relayed pair (both symmetric) holds
+/// allocations on both and sends through the one with the smaller round trip (the sum of
+/// both sides' legs, measured end to end by the path probes). Killing that relay moves
+/// the pair to the other within 3 s, with the WireGuard session and the pings going on.
+#[test]
+fn the_nearer_relay_carries_a_relayed_pair_and_the_other_takes_over() {
+    use natlab::{Nat, NatLab, SRV1};
+    let mut lab = NatLab::new("relays", Nat::Symmetric, Nat::Symmetric);
+    lab.start_servers();
+    lab.start_far_relay(Duration::from_millis(25));
+    lab.start_player("pA");
+    lab.start_player("pB");
+    lab.form_party("relays");
+    let relay_ip = |lab: &NatLab| -> Option<String> {
+        let s = lab.try_status("pB")?;
+        let m = &s["party"]["members"][0];
+        (m["path"] == "relay").then(|| {
+            let relay = m["relay"].as_str().unwrap_or_default();
+            relay
+                .rsplit_once(':')
+                .map_or(relay, |(ip, _)| ip)
+                .to_owned()
+        })
+    };
+    // Both relays allocated; traffic through the near one.
+    let both = wait_for(Duration::from_secs(15), || {
+        let s = lab.try_status("pB")?;
+        let relayed: Vec<String> = s["relayed"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        (relayed.len() == 2).then_some(relayed)
+    });
+    let both = both.unwrap_or_else(|| {
+        panic!(
+            "not on two relays: {:?}\n{}",
+            lab.try_status("pB"),
+            lab.log("pB")
+        )
+    });
+    assert!(
+        both.iter().any(|r| r.starts_with("198.18.0.2:")),
+        "{both:?}"
+    );
+    let near = wait_for(Duration::from_secs(10), || {
+        relay_ip(&lab).filter(|ip| ip == SRV1)
+    });
+    assert!(
+        near.is_some(),
+        "not through the near relay: {:?}",
+        lab.try_status("pB")
+    );
+    let near_ms = lab.try_status("pB").expect("status")["party"]["members"][0]["latency_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    // The near relay dies: the far one takes over.
+    let ping = lab.spawn_ping("pB", "10.66.0.1", 100, 100);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let killed = Instant::now();
+    lab.kill("relay");
+    let moved = wait_for(Duration::from_secs(5), || {
+        relay_ip(&lab)
+            .filter(|ip| ip == "198.18.0.2")
+            .map(|_| killed.elapsed())
+    });
+    let out = ping.wait_with_output().expect("ping");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let moved =
+        moved.unwrap_or_else(|| panic!("never moved to the far relay: {:?}", lab.try_status("pB")));
+    let far_ms = lab.try_status("pB").expect("status")["party"]["members"][0]["latency_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let lost = lost_of(&summary);
+    eprintln!(
+        "near relay {near_ms:.1} ms; killed → far relay ({far_ms:.1} ms) after {:.2} s; \
+         {lost} of 100 pings lost",
+        moved.as_secs_f64()
+    );
+    assert!(moved < Duration::from_secs(3), "{moved:?}");
+    assert!(far_ms > near_ms + 50.0, "{near_ms} → {far_ms}");
+    assert!(lost <= 30, "{summary}");
+}
+
+/// Lost pings from ping's summary (`N packets transmitted, M received`).
+fn lost_of(summary: &str) -> u32 {
+    let line = summary
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {summary}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    nums[0] - nums[1]
 }
 
 /// Two port-restricted cones with 20 ms of delay each way on every WAN link (40 ms one way

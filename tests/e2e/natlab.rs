@@ -312,11 +312,73 @@ impl NatLab {
         self.spawn("srv", "relay", &args);
     }
 
+    /// A second relay, on its own server (`far`, 198.18.0.2) whose link to the internet
+    /// core adds `delay` each way; registered with the same control plane.
+    pub fn start_far_relay(&mut self, delay: Duration) {
+        must(Command::new("ip").args(["netns", "add", &self.ns("far")]));
+        self.x("far", &["ip", "link", "set", "lo", "up"]);
+        self.link("inet", "far", "far", "eth0");
+        self.x(
+            "inet",
+            &["ip", "addr", "add", "198.18.0.1/24", "dev", "far"],
+        );
+        self.x(
+            "far",
+            &["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"],
+        );
+        self.x(
+            "far",
+            &["ip", "route", "add", "default", "via", "198.18.0.1"],
+        );
+        for rule in [
+            "-t mangle -A PREROUTING -i eth0 -j NFQUEUE --queue-num 0",
+            "-t mangle -A POSTROUTING -o eth0 -j NFQUEUE --queue-num 0",
+        ] {
+            let mut args = vec!["iptables", "-w"];
+            args.extend(rule.split_whitespace());
+            self.x("far", &args);
+        }
+        self.wanem
+            .push(Wanem::start(&self.ns("far"), 0, delay, 0.0, 0xfa));
+        let control = format!("http://{SRV1}:8667");
+        self.spawn(
+            "far",
+            "far-relay",
+            &[
+                "relay",
+                "--listen",
+                "198.18.0.2:3478",
+                "--secret",
+                TURN_SECRET,
+                "--relay-ports",
+                "50100-50163",
+                "--control",
+                &control,
+                "--region",
+                "far",
+            ],
+        );
+        self.wait_for_registration("far-relay");
+    }
+
     /// Control plane and relay (STUN + TURN) on the public server.
     pub fn start_servers(&mut self) {
         self.start_control(&[]);
         self.start_relay();
         self.wait_for_control();
+        self.wait_for_registration("relay");
+    }
+
+    /// Waits until the relay logged under `name` has registered with the control plane.
+    fn wait_for_registration(&self, name: &str) {
+        let registered = wait_for(Duration::from_secs(15), || {
+            self.log(name).contains("relay registered").then_some(())
+        });
+        assert!(
+            registered.is_some(),
+            "{name} never registered: {}",
+            self.log(name)
+        );
     }
 
     /// Control plane and a STUN-only relay of ours, with coturn (`use-auth-secret`, the
@@ -502,7 +564,7 @@ impl Drop for NatLab {
             let _ = c.wait();
         }
         self.wanem.clear();
-        for ns in ["pA", "pB", "rA", "rB", "srv", "inet"] {
+        for ns in ["pA", "pB", "rA", "rB", "srv", "far", "inet"] {
             let _ = run(Command::new("ip").args(["netns", "del", &self.ns(ns)]));
         }
     }

@@ -34,6 +34,7 @@ pub async fn run(reg: Registration, relay: Handle) {
     let url = format!("{}/v1/relays", reg.control.trim_end_matches('/'));
     // Consecutive failures: retried quickly at first (the control plane may be starting
     // alongside), reported once they persist.
+    let mut registered = false;
     let mut failures = 0u32;
     loop {
         let load = relay.load();
@@ -62,9 +63,10 @@ pub async fn run(reg: Registration, relay: Handle) {
             Ok(_) => {
                 if failures >= WARN_AFTER {
                     tracing::info!(control = %reg.control, "relay registered again");
-                } else if failures > 0 {
+                } else if !registered {
                     tracing::info!(control = %reg.control, "relay registered");
                 }
+                registered = true;
                 failures = 0;
                 HEARTBEAT
             }
