@@ -158,17 +158,29 @@ impl NatLab {
     /// `loss_pct` percent of them (user space, see `wanem`).
     pub fn impair(&mut self, delay: Duration, loss_pct: f64) {
         for (i, r) in self.routers.clone().into_iter().enumerate() {
-            for rule in [
-                "-t mangle -A PREROUTING -i wan0 -j NFQUEUE --queue-num 0",
-                "-t mangle -A POSTROUTING -o wan0 -j NFQUEUE --queue-num 0",
-            ] {
-                let mut args = vec!["iptables", "-w"];
-                args.extend(rule.split_whitespace());
-                self.x(r, &args);
-            }
-            let seed = 0x5eed + i as u64;
-            self.wanem
-                .push(Wanem::start(&self.ns(r), 0, delay, loss_pct, seed));
+            self.slow_link(r, "wan0", delay, loss_pct, 0x5eed + i as u64);
+        }
+    }
+
+    /// Sends every packet in or out of `dev` in namespace `ns` through a WAN emulator.
+    fn slow_link(&mut self, ns: &str, dev: &str, delay: Duration, loss_pct: f64, seed: u64) {
+        self.iptables(
+            ns,
+            &[
+                &format!("-t mangle -A PREROUTING -i {dev} -j NFQUEUE --queue-num 0"),
+                &format!("-t mangle -A POSTROUTING -o {dev} -j NFQUEUE --queue-num 0"),
+            ],
+        );
+        self.wanem
+            .push(Wanem::start(&self.ns(ns), 0, delay, loss_pct, seed));
+    }
+
+    /// Appends iptables rules (each written as iptables arguments) in namespace `ns`.
+    fn iptables(&self, ns: &str, rules: &[&str]) {
+        for rule in rules {
+            let mut args = vec!["iptables", "-w"];
+            args.extend(rule.split_whitespace());
+            self.x(ns, &args);
         }
     }
 
@@ -230,11 +242,7 @@ impl NatLab {
         if nat == Nat::FullCone {
             rules.push(&dmz);
         }
-        for rule in rules {
-            let mut args = vec!["iptables", "-w"];
-            args.extend(rule.split_whitespace());
-            self.x(r, &args);
-        }
+        self.iptables(r, &rules);
         if nat == Nat::Restricted {
             // {remote IP . mapping port} recorded on the way out; a new inbound flow is let
             // in only from an IP this mapping has sent to, from any port.
@@ -330,16 +338,7 @@ impl NatLab {
             "far",
             &["ip", "route", "add", "default", "via", "198.18.0.1"],
         );
-        for rule in [
-            "-t mangle -A PREROUTING -i eth0 -j NFQUEUE --queue-num 0",
-            "-t mangle -A POSTROUTING -o eth0 -j NFQUEUE --queue-num 0",
-        ] {
-            let mut args = vec!["iptables", "-w"];
-            args.extend(rule.split_whitespace());
-            self.x("far", &args);
-        }
-        self.wanem
-            .push(Wanem::start(&self.ns("far"), 0, delay, 0.0, 0xfa));
+        self.slow_link("far", "eth0", delay, 0.0, 0xfa);
         let control = format!("http://{SRV1}:8667");
         self.spawn(
             "far",

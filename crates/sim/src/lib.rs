@@ -69,9 +69,8 @@ pub struct Outcome {
     /// What each player's NAT probe classified.
     pub nat_a: Option<NatReport>,
     pub nat_b: Option<NatReport>,
-    /// Datagrams sent from punching sockets, and in all.
+    /// Datagrams sent from punching sockets.
     pub spray_packets: u64,
-    pub packets: u64,
 }
 
 struct Player {
@@ -157,7 +156,6 @@ struct World {
     seq: u64,
     rng: StdRng,
     spray_packets: u64,
-    packets: u64,
     hints: bool,
 }
 
@@ -228,7 +226,6 @@ pub fn run(s: &Scenario) -> Outcome {
         seq: 0,
         rng,
         spray_packets: 0,
-        packets: 0,
         hints: s.hints,
     };
     let (mut session_after, mut direct_after) = (None, None);
@@ -281,7 +278,6 @@ pub fn run(s: &Scenario) -> Outcome {
         nat_a: w.players[0].report.clone(),
         nat_b: w.players[1].report.clone(),
         spray_packets: w.spray_packets,
-        packets: w.packets,
     }
 }
 
@@ -337,7 +333,6 @@ impl World {
 
     /// A player's socket `src` sends `data` to `dst`.
     fn send_from_player(&mut self, p: usize, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
-        self.packets += 1;
         let nat = self.players[p].nat;
         if let Some(q) = self
             .players
@@ -357,7 +352,6 @@ impl World {
     }
 
     fn send_from_server(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
-        self.packets += 1;
         if let Some(n) = self.nat_of(dst.ip()) {
             self.schedule(self.wan, Stop::Nat(n), src, dst, data);
         }
