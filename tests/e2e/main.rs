@@ -1041,3 +1041,70 @@ fn abbrev(s: &str) -> &'static str {
         _ => "?",
     }
 }
+
+/// Both NATs symmetric, so no hole punching can work and the pair would be relayed; but pB's
+/// router runs miniupnpd, pB's daemon asks it (PCP) to forward its UDP port, publishes the
+/// forwarded address as a candidate, and pA reaches it there: a direct path.
+#[test]
+fn a_forwarded_port_lets_a_symmetric_pair_go_direct() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::with_port_mapping("pmap", Nat::Symmetric, Nat::Symmetric);
+    lab.start_servers();
+    lab.start_player("pA");
+    lab.start_player("pB");
+    let mapping = wait_for(Duration::from_secs(10), || {
+        let s = lab.try_status("pB")?;
+        (!s["port_mapping"].is_null()).then(|| s["port_mapping"].clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pB got no port mapping: {}\n{}",
+            lab.log("pB"),
+            lab.log("miniupnpd")
+        )
+    });
+    assert_eq!(mapping["protocol"], "pcp", "{mapping}");
+    assert_eq!(mapping["external"], "100.128.66.2:51820", "{mapping}");
+    assert_eq!(mapping["gateway"], "192.168.2.1", "{mapping}");
+    assert!(
+        mapping["expires_in_s"].as_u64().unwrap_or(0) > 3600,
+        "{mapping}"
+    );
+    // pA's router has no port-mapping service: nothing granted, nothing claimed.
+    let a = lab.try_status("pA").expect("pA status");
+    assert!(a["port_mapping"].is_null(), "{a}");
+    lab.form_party("forwarded");
+    let endpoint = wait_for(Duration::from_secs(20), || {
+        let s = lab.try_status("pA")?;
+        let m = &s["party"]["members"][0];
+        (m["path"] == "direct").then(|| m["endpoint"].clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no direct path to the forwarded port: {:#}\n{}",
+            lab.try_status("pA").unwrap_or_default(),
+            lab.log("pA")
+        )
+    });
+    assert_eq!(endpoint, "100.128.66.2:51820");
+    // pB answers from the forwarded port too, so its side is direct as well.
+    let b_direct = wait_for(Duration::from_secs(10), || {
+        let s = lab.try_status("pB")?;
+        (s["party"]["members"][0]["path"] == "direct").then_some(())
+    });
+    assert!(
+        b_direct.is_some(),
+        "{:#}",
+        lab.try_status("pB").unwrap_or_default()
+    );
+    assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
+    assert_eq!(lab.ping_loss("pB", "10.66.0.1", 20), 0.0);
+    // Stopping the daemon hands the port back: miniupnpd deletes the mapping.
+    lab.stop("pB");
+    let released = wait_for(Duration::from_secs(5), || {
+        lab.log("miniupnpd")
+            .contains("PCP: UDP port 51820 mapping removed")
+            .then_some(())
+    });
+    assert!(released.is_some(), "{}", lab.log("miniupnpd"));
+}

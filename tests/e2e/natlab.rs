@@ -65,15 +65,26 @@ pub const SRV2: &str = "203.0.113.11";
 impl NatLab {
     /// Each player behind its own router.
     pub fn new(name: &str, a: Nat, b: Nat) -> Self {
-        Self::build(name, a, Some(b))
+        Self::build(name, a, Some(b), false)
     }
 
     /// Both players behind router rA, on one LAN segment (pB at 192.168.1.3).
     pub fn same_nat(name: &str, nat: Nat) -> Self {
-        Self::build(name, nat, None)
+        Self::build(name, nat, None, false)
     }
 
-    fn build(name: &str, a: Nat, b: Option<Nat>) -> Self {
+    /// Like [`Self::new`], and router rB runs miniupnpd (PCP, NAT-PMP and UPnP IGD), so
+    /// pB can have its UDP port forwarded. miniupnpd refuses to map on a WAN address from
+    /// a reserved block (the documentation ranges the rest of the lab uses), so rB's WAN is
+    /// 100.128.66.2: an address that, like every other here, exists only inside the lab's
+    /// namespaces, which have no link to the machine's own network.
+    pub fn with_port_mapping(name: &str, a: Nat, b: Nat) -> Self {
+        let mut lab = Self::build(name, a, Some(b), true);
+        lab.start_miniupnpd();
+        lab
+    }
+
+    fn build(name: &str, a: Nat, b: Option<Nat>, mapped_wan: bool) -> Self {
         require_root_and_tools();
         let has_iptables = run(Command::new("sh").args(["-c", "command -v iptables"]))
             .status
@@ -119,12 +130,33 @@ impl NatLab {
             lab.link("rA", "lan0", "pA", "eth0");
             lab.link("rB", "lan0", "pB", "eth0");
             addrs.extend([
-                ("inet", "rb", "192.0.2.1/24"),
-                ("rB", "wan0", "192.0.2.2/24"),
+                (
+                    "inet",
+                    "rb",
+                    if mapped_wan {
+                        "100.128.66.1/24"
+                    } else {
+                        "192.0.2.1/24"
+                    },
+                ),
+                (
+                    "rB",
+                    "wan0",
+                    if mapped_wan {
+                        "100.128.66.2/24"
+                    } else {
+                        "192.0.2.2/24"
+                    },
+                ),
                 ("rB", "lan0", "192.168.2.1/24"),
                 ("pB", "eth0", "192.168.2.2/24"),
             ]);
-            gateways.extend([("rB", "192.0.2.1"), ("pB", "192.168.2.1")]);
+            let wan_gw = if mapped_wan {
+                "100.128.66.1"
+            } else {
+                "192.0.2.1"
+            };
+            gateways.extend([("rB", wan_gw), ("pB", "192.168.2.1")]);
         } else {
             // One home LAN: a bridge named like the single-player LAN port, so the
             // router's rules are the same.
@@ -266,6 +298,61 @@ impl NatLab {
         }
     }
 
+    /// miniupnpd on rB: its chains in an nftables table of their own (accepting; the
+    /// router's iptables firewall already lets DNATed flows in), PCP and NAT-PMP for
+    /// addresses of rB's LAN only, its pid and lease files in the lab's directory.
+    fn start_miniupnpd(&mut self) {
+        let has = run(Command::new("sh").args(["-c", "command -v miniupnpd"]))
+            .status
+            .success();
+        assert!(
+            has,
+            "the port-mapping test needs miniupnpd (apt-get install miniupnpd-nftables)"
+        );
+        let tables = r#"table inet lanrage_upnp {
+  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+"#;
+        let dir = self.dir.path();
+        std::fs::write(dir.join("upnp.nft"), tables).expect("nft file");
+        self.x(
+            "rB",
+            &["nft", "-f", &dir.join("upnp.nft").display().to_string()],
+        );
+        let conf = format!(
+            "ext_ifname=wan0\nlistening_ip=lan0\nenable_natpmp=yes\nenable_upnp=yes\n\
+             secure_mode=yes\nsystem_uptime=yes\nupnp_table_name=lanrage_upnp\n\
+             upnp_nat_table_name=lanrage_upnp\nlease_file={}\n\
+             allow 1024-65535 192.168.2.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+            dir.join("upnp.leases").display()
+        );
+        std::fs::write(dir.join("miniupnpd.conf"), conf).expect("miniupnpd.conf");
+        let conf = dir.join("miniupnpd.conf").display().to_string();
+        let pid = dir.join("miniupnpd.pid").display().to_string();
+        // `-d`: stay in the foreground and log to stderr; the pid file is per lab.
+        self.spawn_program(
+            "rB",
+            "miniupnpd",
+            "miniupnpd",
+            &["-d", "-f", &conf, "-P", &pid],
+        );
+        let listening = wait_for(Duration::from_secs(10), || {
+            self.log("miniupnpd")
+                .contains("Listening for NAT-PMP/PCP")
+                .then_some(())
+        });
+        assert!(
+            listening.is_some(),
+            "miniupnpd did not start: {}",
+            self.log("miniupnpd")
+        );
+    }
+
     fn spawn(&mut self, ns: &str, log: &str, args: &[&str]) {
         self.spawn_program(ns, log, BIN, args);
     }
@@ -285,6 +372,23 @@ impl NatLab {
             .spawn()
             .expect("spawn");
         self.procs.push((log.to_owned(), child));
+    }
+
+    /// Stops a process started under the log name `name` with SIGTERM, as a service
+    /// manager would, and waits (10 s at most, then SIGKILL) for it to exit.
+    pub fn stop(&mut self, name: &str) {
+        for (n, c) in &mut self.procs {
+            if n == name {
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                let exited = wait_for(Duration::from_secs(10), || c.try_wait().ok().flatten());
+                if exited.is_none() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        self.procs.retain(|(n, _)| n != name);
     }
 
     /// Kills a process started under the log name `name` (SIGKILL: a crash).

@@ -203,6 +203,22 @@ fn print_status(s: &Status) {
         "{}  {}  control: {} ({})",
         s.name, ip, s.control, s.control_url
     );
+    if let Some(nat) = &s.nat {
+        let public = nat
+            .public_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "NAT: mapping {}, filtering {}, public address {public}",
+            nat.mapping, nat.filtering
+        );
+    }
+    if let Some(m) = &s.port_mapping {
+        println!(
+            "Router forwards {} to this device ({}, renewed in the background)",
+            m.external, m.protocol
+        );
+    }
     let Some(p) = &s.party else {
         println!(
             "Not in a party. Create one with `lanrage party create NAME` or join with `lanrage party join CODE`."

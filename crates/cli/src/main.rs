@@ -77,6 +77,9 @@ struct UpArgs {
     /// different IPs (needed to classify the NAT).
     #[arg(long, env = "LANRAGE_STUN", value_delimiter = ',')]
     stun: Vec<String>,
+    /// Do not ask the home router to forward the UDP port (PCP / NAT-PMP).
+    #[arg(long, env = "LANRAGE_NO_PORT_MAPPING")]
+    no_port_mapping: bool,
 }
 
 #[derive(clap::Args)]
@@ -260,6 +263,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.control_listen = args.control_listen;
     config.advertise = args.advertise;
     config.player_name = args.name;
+    config.port_mapping = !args.no_port_mapping;
     for server in &args.stun {
         let addr = tokio::net::lookup_host(server.as_str())
             .await

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod demux;
 pub mod packet;
 pub mod party;
+pub mod portmap;
 pub mod stun;
 pub mod turn;
 pub mod wg;

@@ -3,6 +3,7 @@
 //! player's browser cannot reach it through DNS rebinding or cross-site requests.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanrage_proto::local::{
     API_TOKEN_HEADER, CreateRequest, JoinRequest, KickRequest, LocalError as ErrorBody,
-    LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind, Status, WireguardPeer,
-    WireguardStatus,
+    LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind, PortMappingStatus, Status,
+    WireguardPeer, WireguardStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, mpsc, oneshot};
@@ -194,8 +195,19 @@ async fn status(State(st): State<ApiState>) -> Response {
         public_addr: n.public_addr,
         port_preserved: n.port_preserved,
     });
+    let now = std::time::Instant::now();
+    let port_mapping = dp
+        .port_mapping
+        .zip(dp.gateway)
+        .map(|(m, gateway)| PortMappingStatus {
+            protocol: m.protocol.as_str().to_owned(),
+            external: SocketAddr::V4(m.external),
+            gateway,
+            expires_in_s: m.expires.saturating_duration_since(now).as_secs(),
+        });
     let body = Status {
         nat,
+        port_mapping,
         relayed: dp.relayed.clone(),
         virtual_ip,
         public_key: me,
@@ -299,7 +311,7 @@ mod tests {
         crate::install_tls_provider();
         let secret = StaticSecret::from([5u8; 32]);
         let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
-        let (dataplane, _task) = DataPlane::start(secret, 0, 1420, Vec::new())
+        let (dataplane, _task) = DataPlane::start(secret, 0, 1420, Vec::new(), false)
             .await
             .expect("data plane");
         let shared = Arc::new(RwLock::new(Shared {

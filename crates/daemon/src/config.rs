@@ -22,6 +22,8 @@ pub struct DaemonConfig {
     pub player_name: Option<String>,
     /// STUN servers for the public address and NAT classification.
     pub stun: Vec<SocketAddr>,
+    /// Ask the home router (PCP, else NAT-PMP) to forward the UDP port.
+    pub port_mapping: bool,
 }
 
 impl DaemonConfig {
@@ -40,6 +42,7 @@ impl DaemonConfig {
             advertise: None,
             player_name: None,
             stun: Vec::new(),
+            port_mapping: true,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use gotatun::x25519::StaticSecret;
+use lanrage_core::portmap::{Mapping, PortMapper};
 use lanrage_core::stun::{NatProbe, NatReport};
 use lanrage_core::turn::{Credentials, TurnClient};
 use lanrage_core::{Node, PacketClass, PeerStats, Route, classify};
@@ -54,6 +55,11 @@ pub struct Snapshot {
     /// The server-reflexive address: the last probe's, else the first answer of the
     /// probe under way (published before the filtering tests end).
     pub public_addr: Option<SocketAddr>,
+    /// The port mapping the home router granted (PCP or NAT-PMP), while it holds.
+    pub port_mapping: Option<Mapping>,
+    /// Where port mapping is asked for: the default gateway (`None` when disabled or
+    /// there is no default route).
+    pub gateway: Option<Ipv4Addr>,
 }
 
 enum Command {
@@ -92,6 +98,7 @@ impl DataPlane {
         port: u16,
         mtu: u16,
         stun_servers: Vec<SocketAddr>,
+        port_mapping: bool,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
         let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
             .await
@@ -122,6 +129,8 @@ impl DataPlane {
             spare: HashMap::new(),
             spare_tx,
             spare_rx,
+            port_mapping,
+            portmap: None,
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -194,6 +203,9 @@ struct Task {
     spare: HashMap<u16, Spare>,
     spare_tx: mpsc::Sender<(u16, SocketAddr, Vec<u8>)>,
     spare_rx: mpsc::Receiver<(u16, SocketAddr, Vec<u8>)>,
+    /// Whether to ask the default gateway for a port mapping.
+    port_mapping: bool,
+    portmap: Option<PortMapper>,
 }
 
 /// One punching socket: its receive loop hands WireGuard datagrams to the task.
@@ -240,6 +252,7 @@ impl Spare {
 
 impl Task {
     async fn run(mut self) {
+        self.find_gateway(Instant::now());
         let mut udp_buf = vec![0u8; RECV_BUF];
         let mut tun_buf = vec![0u8; RECV_BUF];
         loop {
@@ -290,6 +303,14 @@ impl Task {
             }
             self.flush().await;
         }
+        // Hand the port back rather than leave it forwarded for the lease's hours.
+        let release = self
+            .portmap
+            .as_mut()
+            .and_then(|pm| Some((pm.server(), pm.release()?)));
+        if let Some((server, bytes)) = release {
+            self.send_udp(&bytes, server).await;
+        }
         tracing::debug!("data plane stopped");
     }
 
@@ -300,8 +321,12 @@ impl Task {
             None if self.stun_servers.is_empty() => node,
             None => self.next_probe,
         };
-        let turn = self.turn.iter().filter_map(TurnClient::poll_timeout).min();
-        turn.map_or(node.min(stun), |t| t.min(node).min(stun))
+        let others = self
+            .turn
+            .iter()
+            .filter_map(TurnClient::poll_timeout)
+            .chain(self.portmap.as_ref().and_then(PortMapper::poll_timeout));
+        others.fold(node.min(stun), Instant::min)
     }
 
     fn timeout(&mut self, now: Instant) {
@@ -313,7 +338,11 @@ impl Task {
                 t.set_peers(self.peer_ips.iter().copied(), now);
             }
         }
+        if let Some(pm) = &mut self.portmap {
+            pm.handle_timeout(now);
+        }
         if self.probe.is_none() && !self.stun_servers.is_empty() && now >= self.next_probe {
+            self.find_gateway(now);
             let seed = rand::random();
             self.probe = Some(NatProbe::new(
                 &self.stun_servers,
@@ -328,6 +357,23 @@ impl Task {
         self.finish_probe(now);
         self.spare
             .retain(|_, s| now.saturating_duration_since(s.last_send) < SPARE_IDLE);
+    }
+
+    /// Starts (or restarts, after the network changed) port mapping with the default
+    /// gateway. Called at start and with every NAT probe.
+    fn find_gateway(&mut self, now: Instant) {
+        if !self.port_mapping {
+            return;
+        }
+        let found = crate::net::default_gateway();
+        let current = self.portmap.as_ref().map(|p| (p.gateway(), p.client()));
+        if found == current {
+            return;
+        }
+        self.portmap = found.map(|(gateway, client)| {
+            tracing::debug!(%gateway, %client, "asking the gateway for a port mapping");
+            PortMapper::new(gateway, client, self.local_port(), rand::random(), now)
+        });
     }
 
     fn local_port(&self) -> u16 {
@@ -347,6 +393,21 @@ impl Task {
 
     fn datagram(&mut self, data: &[u8], from: SocketAddr) {
         let now = Instant::now();
+        if let Some(pm) = &mut self.portmap
+            && from == pm.server()
+        {
+            if pm.handle_datagram(data, now) {
+                match pm.mapping(now) {
+                    Some(m) => tracing::info!(
+                        protocol = m.protocol.as_str(),
+                        external = %m.external,
+                        "the router forwards a port to us"
+                    ),
+                    None => tracing::info!("the router's port mapping ended"),
+                }
+            }
+            return;
+        }
         let class = classify(data);
         match class {
             PacketClass::WireGuard => {
@@ -451,6 +512,16 @@ impl Task {
         while let Some((dst, bytes)) = self.probe.as_mut().and_then(NatProbe::poll_transmit) {
             if let Err(e) = self.socket.send_to(&bytes, dst).await {
                 tracing::debug!(error = %e, %dst, "STUN request not sent");
+            }
+        }
+        if let Some(pm) = &mut self.portmap {
+            let server = pm.server();
+            let mut out = Vec::new();
+            while let Some(bytes) = pm.poll_transmit() {
+                out.push(bytes);
+            }
+            for bytes in out {
+                self.send_udp(&bytes, server).await;
             }
         }
         let now = Instant::now();
@@ -560,6 +631,8 @@ impl Task {
                         .as_ref()
                         .and_then(|n| n.public_addr)
                         .or_else(|| self.probe.as_ref().and_then(NatProbe::public_addr)),
+                    port_mapping: self.portmap.as_ref().and_then(|p| p.mapping(now)),
+                    gateway: self.portmap.as_ref().map(PortMapper::gateway),
                 });
             }
             Command::SetIce { stun, turn } => self.set_ice(stun, turn, now),

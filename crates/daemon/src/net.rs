@@ -67,3 +67,21 @@ fn default_route_interface() -> Option<String> {
         (dest == "00000000").then(|| iface.to_owned())
     })
 }
+
+/// The IPv4 default gateway and this machine's address on the interface that reaches it,
+/// from `/proc/net/route`: where PCP and NAT-PMP requests go.
+pub fn default_gateway() -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    let (iface, gateway) = table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway ...; addresses in host byte order, as hex.
+        let (iface, dest, gw) = (cols.first()?, cols.get(1)?, cols.get(2)?);
+        let gw = u32::from_str_radix(gw, 16).ok()?;
+        (*dest == "00000000" && gw != 0)
+            .then(|| (iface.to_string(), Ipv4Addr::from(gw.to_ne_bytes())))
+    })?;
+    let (_, client) = interface_addrs()
+        .into_iter()
+        .find(|(name, _)| *name == iface)?;
+    Some((gateway, client))
+}

@@ -141,8 +141,14 @@ pub async fn run(
             (url, Some((stop, task)))
         }
     };
-    let (dataplane, dp_task) =
-        DataPlane::start(secret.clone(), config.port, config.mtu, config.stun.clone()).await?;
+    let (dataplane, dp_task) = DataPlane::start(
+        secret.clone(),
+        config.port,
+        config.mtu,
+        config.stun.clone(),
+        config.port_mapping,
+    )
+    .await?;
     let shared = Arc::new(RwLock::new(Shared {
         key,
         name: name.clone(),
@@ -212,7 +218,15 @@ pub async fn run(
         let _ = stop.send(());
         let _ = task.await;
     }
-    dp_task.abort();
+    // Every handle is gone, so the data plane ends its loop and hands back the router's
+    // forwarded port; it gets a moment for that, no more.
+    let mut dp_task = dp_task;
+    if tokio::time::timeout(Duration::from_secs(1), &mut dp_task)
+        .await
+        .is_err()
+    {
+        dp_task.abort();
+    }
     tracing::info!("LANrage stopped");
     Ok(())
 }
@@ -766,6 +780,13 @@ impl Supervisor {
             && !mine.contains(&public)
         {
             mine.push(public);
+        }
+        // The router's forwarded port: reachable from anyone, even behind a symmetric NAT.
+        if let Some(m) = stats.port_mapping {
+            let mapped = SocketAddr::V4(m.external);
+            if !mine.contains(&mapped) {
+                mine.push(mapped);
+            }
         }
         // Relayed addresses: the floor every peer can reach.
         for r in &stats.relayed {

@@ -51,6 +51,21 @@ pub struct Status {
     /// Relayed addresses this daemon holds on TURN relays (its fallback candidates).
     #[serde(default)]
     pub relayed: Vec<SocketAddr>,
+    /// The port the home router forwards to this daemon, when it grants one.
+    #[serde(default)]
+    pub port_mapping: Option<PortMappingStatus>,
+}
+
+/// A port mapping granted by the default gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortMappingStatus {
+    /// `pcp` or `nat-pmp`.
+    pub protocol: String,
+    /// The router's public address and port that forward here (a candidate for peers).
+    pub external: SocketAddr,
+    pub gateway: std::net::Ipv4Addr,
+    /// Seconds until the lease ends unless renewed (it is renewed at half).
+    pub expires_in_s: u64,
 }
 
 /// This device's NAT as classified through STUN (RFC 4787 terms).
