@@ -1108,3 +1108,66 @@ fn a_forwarded_port_lets_a_symmetric_pair_go_direct() {
     });
     assert!(released.is_some(), "{}", lab.log("miniupnpd"));
 }
+
+/// RFC 5780 binding lifetime discovery against our relay, behind a router whose conntrack
+/// forgets idle UDP flows after 6 s: the daemon brackets the lifetime, sizes its keepalive
+/// from it, and the pair it then forms stays up (its paths are probed far more often).
+#[test]
+fn the_binding_lifetime_is_measured_and_sizes_the_keepalive() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::new("life", Nat::Cone, Nat::Cone);
+    lab.x(
+        "rA",
+        &[
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_udp_timeout=6",
+            "net.netfilter.nf_conntrack_udp_timeout_stream=6",
+        ],
+    );
+    lab.start_servers();
+    lab.start_player("pA");
+    lab.start_player("pB");
+    let nat = wait_for(Duration::from_secs(90), || {
+        let s = lab.try_status("pA")?;
+        let b = &s["nat"]["binding_lifetime"];
+        (b["measuring"] == false).then(|| s["nat"].clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pA never finished measuring: {:#}\n{}",
+            lab.try_status("pA").unwrap_or_default(),
+            lab.log("pA")
+        )
+    });
+    let life = &nat["binding_lifetime"];
+    let at_least = life["at_least_s"].as_f64().expect("at_least_s");
+    let below = life["below_s"].as_f64().expect("below_s");
+    assert!(
+        (3.0..=6.0).contains(&at_least) && below > 6.0,
+        "6 s not bracketed: {nat}"
+    );
+    assert_eq!(nat["keepalive_s"].as_f64(), Some(at_least / 2.0), "{nat}");
+    eprintln!(
+        "rA (conntrack 6 s): idle binding kept {at_least} s, lost at {below} s; keepalive {} s",
+        at_least / 2.0
+    );
+    // pB's router keeps Linux's defaults (120 s once a flow is answered): by now it has
+    // seen its binding outlive rA's and is still measuring, on the default keepalive.
+    let b = lab.try_status("pB").expect("pB status");
+    let b_life = &b["nat"]["binding_lifetime"];
+    assert!(
+        b_life["at_least_s"].as_f64().unwrap_or(0.0) > 6.0,
+        "{:#}",
+        b["nat"]
+    );
+    assert_eq!(b_life["measuring"], true, "{:#}", b["nat"]);
+    assert_eq!(b["nat"]["keepalive_s"].as_f64(), Some(5.0));
+    lab.form_party("short bindings");
+    let direct = wait_for(Duration::from_secs(20), || {
+        let s = lab.try_status("pB")?;
+        (s["party"]["members"][0]["path"] == "direct").then_some(())
+    });
+    assert!(direct.is_some(), "{}", lab.log("pB"));
+    assert_eq!(lab.ping_loss("pB", "10.66.0.1", 20), 0.0);
+}

@@ -208,9 +208,16 @@ fn print_status(s: &Status) {
             .public_addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into());
+        let binding = match &nat.binding_lifetime {
+            Some(b) if b.measuring => {
+                format!(", idle binding kept ≥ {:.1} s (measuring)", b.at_least_s)
+            }
+            Some(b) => format!(", idle binding kept ≥ {:.1} s", b.at_least_s),
+            None => String::new(),
+        };
         println!(
-            "NAT: mapping {}, filtering {}, public address {public}",
-            nat.mapping, nat.filtering
+            "NAT: mapping {}, filtering {}, public address {public}{binding}, keepalive {:.1} s",
+            nat.mapping, nat.filtering, nat.keepalive_s
         );
     }
     if let Some(m) = &s.port_mapping {

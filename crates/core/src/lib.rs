@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod demux;
+pub mod lifetime;
 pub mod packet;
 pub mod party;
 pub mod portmap;

@@ -44,6 +44,8 @@ pub enum Stun {
     BindingRequest {
         txid: [u8; 12],
         change: Change,
+        /// RFC 5780 §7.5 RESPONSE-PORT: answer to this port of the sender's IP.
+        response_port: Option<u16>,
     },
     BindingSuccess {
         txid: [u8; 12],
@@ -79,6 +81,23 @@ pub fn binding_success(txid: [u8; 12], mapped: SocketAddr, other: Option<SocketA
         msg.add_attribute(OtherAddress::new(other));
     }
     encode(msg)
+}
+
+/// RFC 5780 §7.5 RESPONSE-PORT attribute type.
+const RESPONSE_PORT: u16 = 0x0027;
+
+/// A Binding request asking the server to answer to `port` of the IP it comes from
+/// (RFC 5780 §4.6: binding lifetime discovery from a second socket).
+pub fn binding_request_response_port(txid: [u8; 12], port: u16) -> Vec<u8> {
+    let mut bytes = binding_request(txid);
+    // Appended by hand (stun_codec has no RESPONSE-PORT): type, length 4, port, padding.
+    bytes.extend_from_slice(&RESPONSE_PORT.to_be_bytes());
+    bytes.extend_from_slice(&4u16.to_be_bytes());
+    bytes.extend_from_slice(&port.to_be_bytes());
+    bytes.extend_from_slice(&[0, 0]);
+    let len = u16::try_from(bytes.len() - 20).unwrap_or(u16::MAX);
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    bytes
 }
 
 fn encode(msg: Message<Attr>) -> Vec<u8> {
@@ -129,7 +148,15 @@ pub fn parse(datagram: &[u8]) -> Option<Stun> {
     match msg.class() {
         MessageClass::Request => {
             let change = raw_change_request(datagram).unwrap_or_default();
-            Some(Stun::BindingRequest { txid, change })
+            let response_port = raw_attribute(datagram, RESPONSE_PORT)
+                .filter(|v| v.len() == 4)
+                .map(|v| u16::from_be_bytes([v[0], v[1]]))
+                .filter(|p| *p != 0);
+            Some(Stun::BindingRequest {
+                txid,
+                change,
+                response_port,
+            })
         }
         MessageClass::SuccessResponse => {
             let mapped = msg.get_attribute::<XorMappedAddress>()?.address();
@@ -478,7 +505,16 @@ mod tests {
             parse(&req),
             Some(Stun::BindingRequest {
                 txid: [7; 12],
-                change: Change::default()
+                change: Change::default(),
+                response_port: None,
+            })
+        );
+        assert_eq!(
+            parse(&binding_request_response_port([5; 12], 40001)),
+            Some(Stun::BindingRequest {
+                txid: [5; 12],
+                change: Change::default(),
+                response_port: Some(40001),
             })
         );
         let change = Change {
@@ -489,7 +525,8 @@ mod tests {
             parse(&binding_request_change([1; 12], change)),
             Some(Stun::BindingRequest {
                 txid: [1; 12],
-                change
+                change,
+                response_port: None,
             })
         );
         let resp = binding_success(
@@ -557,7 +594,7 @@ mod tests {
         for _ in 0..200 {
             probe.handle_timeout(now);
             while let Some((server, bytes)) = probe.poll_transmit() {
-                let Some(Stun::BindingRequest { txid, change }) = parse(&bytes) else {
+                let Some(Stun::BindingRequest { txid, change, .. }) = parse(&bytes) else {
                     panic!("the probe sent something else");
                 };
                 let mapped = nat.out(server);

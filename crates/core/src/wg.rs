@@ -49,8 +49,10 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How often every other path is probed, so the next one is ready when the current fails.
 const BACKUP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Paths that never answered are probed this rarely after [`PUNCH_WINDOW`].
-const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Paths that never answered are probed this rarely after [`PUNCH_WINDOW`] (the probes
+/// hold our NAT's binding towards them open for when the peer's side opens): the default
+/// keepalive until [`Node::set_keepalive`] sizes it from the measured binding lifetime.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
 /// The path in use is dead when its last answered probe is older than this: with probes
 /// every 250 ms that is about five lost in a row, so a failed path is left within 1.5 s.
 const PATH_DEAD_AFTER: Duration = Duration::from_millis(1_200);
@@ -199,6 +201,8 @@ pub struct Node {
     counters: Counters,
     /// This device's NAT, once probed.
     nat: Option<NatHint>,
+    /// How often paths that only need their NAT binding held are probed.
+    keepalive: Duration,
 }
 
 struct Peer {
@@ -501,6 +505,7 @@ impl Node {
             mtu: MtuWatcher::new(1420),
             counters: Counters::default(),
             nat: None,
+            keepalive: DEFAULT_KEEPALIVE,
         }
     }
 
@@ -526,6 +531,18 @@ impl Node {
     /// Sets the TUN MTU that outgoing packets are padded up to (whitepaper §5.4.6).
     pub fn set_mtu(&mut self, mtu: u16) {
         self.mtu = MtuWatcher::new(mtu);
+    }
+
+    /// Sets the keepalive: how often paths that never answered are probed once the first
+    /// 20 s of punching are over (sized by the caller from the NAT's binding lifetime).
+    /// The path in use and answering backups keep their own, faster pace: they measure
+    /// latency and detect failure, which holds any binding open as a side effect.
+    pub fn set_keepalive(&mut self, every: Duration) {
+        self.keepalive = every;
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
     }
 
     /// Sets what this device's NAT probe found, for punching through a hard NAT.
@@ -756,7 +773,7 @@ impl Node {
                 {
                     BACKUP_PROBE_INTERVAL
                 } else {
-                    IDLE_PROBE_INTERVAL
+                    self.keepalive
                 };
                 path.next_probe = now + interval;
                 due.push(path.route);

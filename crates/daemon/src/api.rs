@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanrage_proto::local::{
-    API_TOKEN_HEADER, CreateRequest, JoinRequest, KickRequest, LocalError as ErrorBody,
-    LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind, PortMappingStatus, Status,
-    WireguardPeer, WireguardStatus,
+    API_TOKEN_HEADER, BindingLifetime, CreateRequest, JoinRequest, KickRequest,
+    LocalError as ErrorBody, LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind,
+    PortMappingStatus, Status, WireguardPeer, WireguardStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, mpsc, oneshot};
@@ -194,6 +194,12 @@ async fn status(State(st): State<ApiState>) -> Response {
             .unwrap_or_default(),
         public_addr: n.public_addr,
         port_preserved: n.port_preserved,
+        binding_lifetime: dp.binding_lifetime.map(|l| BindingLifetime {
+            at_least_s: l.at_least.as_secs_f64(),
+            below_s: l.below.map(|b| b.as_secs_f64()),
+            measuring: !l.done,
+        }),
+        keepalive_s: dp.keepalive.as_secs_f64(),
     });
     let now = std::time::Instant::now();
     let port_mapping = dp

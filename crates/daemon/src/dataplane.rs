@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use gotatun::x25519::StaticSecret;
+use lanrage_core::lifetime::Lifetime;
 use lanrage_core::portmap::{Mapping, PortMapper};
 use lanrage_core::stun::{NatProbe, NatReport};
 use lanrage_core::turn::{Credentials, TurnClient};
@@ -60,6 +61,10 @@ pub struct Snapshot {
     /// Where port mapping is asked for: the default gateway (`None` when disabled or
     /// there is no default route).
     pub gateway: Option<Ipv4Addr>,
+    /// How long the NAT keeps an idle binding, as measured so far.
+    pub binding_lifetime: Option<Lifetime>,
+    /// How often paths that only need their binding held are probed.
+    pub keepalive: std::time::Duration,
 }
 
 enum Command {
@@ -131,6 +136,8 @@ impl DataPlane {
             spare_rx,
             port_mapping,
             portmap: None,
+            lifetime: None,
+            binding: None,
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -206,6 +213,9 @@ struct Task {
     /// Whether to ask the default gateway for a port mapping.
     port_mapping: bool,
     portmap: Option<PortMapper>,
+    /// The binding lifetime measurement (started after the first NAT probe).
+    lifetime: Option<crate::binding::Measurement>,
+    binding: Option<Lifetime>,
 }
 
 /// One punching socket: its receive loop hands WireGuard datagrams to the task.
@@ -355,6 +365,7 @@ impl Task {
             p.handle_timeout(now);
         }
         self.finish_probe(now);
+        self.track_lifetime();
         self.spare
             .retain(|_, s| now.saturating_duration_since(s.last_send) < SPARE_IDLE);
     }
@@ -376,6 +387,26 @@ impl Task {
         });
     }
 
+    /// Follows the binding lifetime measurement and sizes the keepalive from its result.
+    fn track_lifetime(&mut self) {
+        let Some(m) = &self.lifetime else { return };
+        let found = *m.result.borrow();
+        self.binding = found.or(self.binding);
+        match found {
+            Some(l) if l.done => {
+                let every = crate::binding::keepalive_for(&l);
+                if self.node.keepalive() != every {
+                    tracing::info!(keepalive_s = every.as_secs_f64(), "keepalive sized");
+                    self.node.set_keepalive(every);
+                }
+            }
+            // Nothing learned (the server cannot redirect answers, or went away): try
+            // again with the next NAT probe.
+            None if m.finished() => self.lifetime = None,
+            _ => {}
+        }
+    }
+
     fn local_port(&self) -> u16 {
         self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
     }
@@ -385,6 +416,11 @@ impl Task {
             return;
         };
         tracing::info!(mapping = ?report.mapping, public = ?report.public_addr, "NAT probed");
+        if self.lifetime.is_none()
+            && let Some(server) = self.stun_servers.first()
+        {
+            self.lifetime = Some(crate::binding::Measurement::start(*server));
+        }
         self.node.set_nat(report.hint());
         self.nat = Some(report);
         self.probe = None;
@@ -633,6 +669,8 @@ impl Task {
                         .or_else(|| self.probe.as_ref().and_then(NatProbe::public_addr)),
                     port_mapping: self.portmap.as_ref().and_then(|p| p.mapping(now)),
                     gateway: self.portmap.as_ref().map(PortMapper::gateway),
+                    binding_lifetime: self.binding,
+                    keepalive: self.node.keepalive(),
                 });
             }
             Command::SetIce { stun, turn } => self.set_ice(stun, turn, now),

@@ -10,6 +10,7 @@
 //! - the local API server (`api`).
 
 mod api;
+mod binding;
 mod config;
 mod control_client;
 mod dataplane;

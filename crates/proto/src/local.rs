@@ -78,6 +78,24 @@ pub struct NatStatus {
     pub filtering: String,
     pub public_addr: Option<SocketAddr>,
     pub port_preserved: Option<bool>,
+    /// How long the NAT keeps an idle UDP binding (RFC 5780 §4.6), once measured.
+    #[serde(default)]
+    pub binding_lifetime: Option<BindingLifetime>,
+    /// How often paths that only need their NAT binding held open are probed, in seconds:
+    /// half the measured lifetime, 1–25 s (5 s until measured).
+    #[serde(default)]
+    pub keepalive_s: f64,
+}
+
+/// The NAT's idle binding lifetime, as a bracket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingLifetime {
+    /// The longest idle time a binding survived.
+    pub at_least_s: f64,
+    /// The idle time it did not survive; `None` while measuring or above 180 s.
+    pub below_s: Option<f64>,
+    /// Still measuring (waits grow by half from 2 s up to 3 minutes).
+    pub measuring: bool,
 }
 
 /// The party this daemon is in.

@@ -32,8 +32,13 @@ pub fn answer(
     local: SocketAddr,
     datagram: &[u8],
     sockets: &[SocketAddr],
-) -> Option<(SocketAddr, Vec<u8>)> {
-    let Stun::BindingRequest { txid, change } = stun::parse(datagram)? else {
+) -> Option<turn::Transmit> {
+    let Stun::BindingRequest {
+        txid,
+        change,
+        response_port,
+    } = stun::parse(datagram)?
+    else {
         return None;
     };
     let other_ip = sockets
@@ -61,7 +66,13 @@ pub fn answer(
         .iter()
         .copied()
         .find(|s| s.ip() == ip && s.port() == port)?;
-    Some((reply_from, stun::binding_success(txid, from, other)))
+    // RESPONSE-PORT redirects the answer to another port of the sender's own IP only.
+    let to = SocketAddr::new(from.ip(), response_port.unwrap_or(from.port()));
+    Some(turn::Transmit {
+        from: reply_from,
+        to,
+        payload: stun::binding_success(txid, from, other),
+    })
 }
 
 /// How a relay runs.
@@ -286,16 +297,8 @@ async fn run_listen(shared: Arc<Shared>, index: usize) {
     loop {
         let (n, from) = recv(socket, &mut buf).await;
         let datagram = &buf[..n];
-        if let Some((reply_from, reply)) = answer(from, *local, datagram, &addrs) {
-            send(
-                &shared,
-                turn::Transmit {
-                    from: reply_from,
-                    to: from,
-                    payload: reply,
-                },
-            )
-            .await;
+        if let Some(reply) = answer(from, *local, datagram, &addrs) {
+            send(&shared, reply).await;
             continue;
         }
         let Some(server) = &shared.server else {
@@ -337,9 +340,9 @@ mod tests {
     fn answers_binding_requests_with_the_source_address() {
         let from = a("198.51.100.2:40000");
         let local = a("203.0.113.10:3478");
-        let (reply_from, reply) =
-            answer(from, local, &stun::binding_request([4; 12]), &[local]).expect("an answer");
-        assert_eq!(reply_from, local);
+        let t = answer(from, local, &stun::binding_request([4; 12]), &[local]).expect("an answer");
+        assert_eq!((t.from, t.to), (local, from));
+        let reply = t.payload;
         assert_eq!(
             stun::parse(&reply),
             Some(Stun::BindingSuccess {
@@ -348,6 +351,19 @@ mod tests {
                 other: None,
             })
         );
+        // RESPONSE-PORT: the answer goes to that port of the sender's IP, never elsewhere.
+        let t = answer(
+            from,
+            local,
+            &stun::binding_request_response_port([8; 12], 41000),
+            &[local],
+        )
+        .expect("an answer");
+        assert_eq!(t.to, a("198.51.100.2:41000"));
+        assert!(matches!(
+            stun::parse(&t.payload),
+            Some(Stun::BindingSuccess { mapped, .. }) if mapped == from
+        ));
         // Responses, garbage and empty datagrams get nothing back.
         assert_eq!(answer(from, local, &reply, &[local]), None);
         assert_eq!(answer(from, local, b"hello", &[local]), None);
@@ -385,10 +401,10 @@ mod tests {
             (true, true, socks[3]),
         ] {
             let req = stun::binding_request_change([6; 12], stun::Change { ip, port });
-            let (reply_from, reply) = answer(from, local, &req, &socks).expect("an answer");
-            assert_eq!(reply_from, expect, "change ip={ip} port={port}");
+            let t = answer(from, local, &req, &socks).expect("an answer");
+            assert_eq!(t.from, expect, "change ip={ip} port={port}");
             assert_eq!(
-                stun::parse(&reply),
+                stun::parse(&t.payload),
                 Some(Stun::BindingSuccess {
                     txid: [6; 12],
                     mapped: from,

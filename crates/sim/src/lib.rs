@@ -378,8 +378,8 @@ impl World {
         let now = self.now;
         let unix = UNIX_START + (now - self.t0).as_secs();
         if self.listen.contains(&to) {
-            if let Some((reply_from, reply)) = lanrage_relay::answer(from, to, data, &self.listen) {
-                self.send_from_server(reply_from, from, reply);
+            if let Some(t) = lanrage_relay::answer(from, to, data, &self.listen) {
+                self.send_from_server(t.from, t.to, t.payload);
                 return;
             }
             if let Some(t) = self.server.handle_client(to, from, data, now, unix) {

@@ -107,3 +107,59 @@ fn without_birthday_punching_cone_and_symmetric_stay_relayed() {
         assert_eq!(o.spray_packets, 0, "{o:?}");
     }
 }
+
+/// RFC 5780 binding lifetime discovery through every NAT model, with the relay's real
+/// STUN answers: the lifetime found brackets the model's.
+#[test]
+fn binding_lifetime_discovery_brackets_each_nat_models_lifetime() {
+    use lanrage_core::lifetime::{LifetimeProbe, Socket};
+    let srv = SocketAddr::from((S1, 3478));
+    let x = SocketAddr::from(([192, 168, 1, 2], 40_000));
+    let y = SocketAddr::from(([192, 168, 1, 2], 40_001));
+    for model in MODELS {
+        for secs in [7, 30, 120, 600] {
+            let lifetime = Duration::from_secs(secs);
+            let mut nat = nat::Nat::new(
+                NatModel { lifetime, ..model },
+                Ipv4Addr::new(198, 51, 100, 2),
+                secs,
+            );
+            let t0 = nat::epoch();
+            let mut probe = LifetimeProbe::new(srv, secs, t0);
+            let mut now = t0;
+            while !probe.is_done() && now - t0 < Duration::from_secs(3600) {
+                while let Some((sock, req)) = probe.poll_transmit() {
+                    let inside = if sock == Socket::X { x } else { y };
+                    let public = nat.outbound(inside, srv, now);
+                    let Some(t) = lanrage_relay::answer(public, srv, &req, &[srv]) else {
+                        continue;
+                    };
+                    if let Some(to) = nat.inbound(t.from, t.to.port(), now) {
+                        let sock = if to == x { Socket::X } else { Socket::Y };
+                        probe.handle_response(sock, t.from, &t.payload, now);
+                    }
+                }
+                let Some(next) = probe.poll_timeout() else {
+                    break;
+                };
+                now = next;
+                probe.handle_timeout(now);
+            }
+            let found = probe.lifetime().expect("a lifetime");
+            assert!(found.done, "{}: {secs} s", model.name);
+            assert!(
+                found.at_least <= lifetime,
+                "{}: {found:?} vs {secs} s",
+                model.name
+            );
+            match found.below {
+                Some(below) => {
+                    assert!(below > lifetime, "{}: {found:?} vs {secs} s", model.name);
+                    assert!(below <= found.at_least * 3 / 2 + Duration::from_millis(1));
+                }
+                // Only bindings longer than the longest wait are left open above.
+                None => assert!(secs > 180 && found.at_least >= Duration::from_secs(120)),
+            }
+        }
+    }
+}
