@@ -1171,3 +1171,51 @@ fn the_binding_lifetime_is_measured_and_sizes_the_keepalive() {
     assert!(direct.is_some(), "{}", lab.log("pB"));
     assert_eq!(lab.ping_loss("pB", "10.66.0.1", 20), 0.0);
 }
+
+/// Host mode with no server of ours anywhere: the host's daemon embeds a relay next to its
+/// control plane, hands it out as the party's STUN and TURN server, and two guests behind
+/// symmetric NATs (no direct path possible) meet through it.
+#[test]
+fn host_mode_relays_guests_behind_two_symmetric_nats() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::new("hostrelay", Nat::Symmetric, Nat::Symmetric);
+    lab.start_host();
+    lab.start_guest("pA");
+    lab.start_guest("pB");
+    let out = lab.cli("srv", &["party", "create", "host relay"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let invite = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    for p in ["pA", "pB"] {
+        let out = lab.cli(p, &["party", "join", &invite]);
+        assert!(out.status.success(), "{p}: {}", stderr_of(&out));
+    }
+    let relay = wait_for(Duration::from_secs(20), || {
+        let s = lab.try_status("pA")?;
+        let m = member(&s, "pB")?;
+        (m["path"] == "relay").then(|| (m["relay"].clone(), m["virtual_ip"].clone()))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pA never reached pB through the host's relay: {:#}\n{}\n{}",
+            lab.try_status("pA").unwrap_or_default(),
+            lab.log("pA"),
+            lab.log("srv")
+        )
+    });
+    assert_eq!(
+        relay.0, "203.0.113.10:3478",
+        "the host's relay carries the pair"
+    );
+    let b_ip = relay.1.as_str().expect("pB's virtual IP").to_owned();
+    assert_eq!(lab.ping_loss("pA", &b_ip, 20), 0.0);
+    // The guests learned their public addresses from the host's relay too.
+    let a = lab.try_status("pA").expect("pA status");
+    assert!(
+        a["nat"]["public_addr"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("198.51.100.2:")),
+        "{:#}",
+        a["nat"]
+    );
+    assert!(lab.log("srv").contains("host mode: relay embedded"));
+}

@@ -585,6 +585,54 @@ impl NatLab {
         assert!(ok.is_some(), "daemon {player} did not come up");
     }
 
+    /// A daemon in host mode on the public server (log and state under "srv"): it embeds
+    /// the control plane and a relay (STUN + TURN) at the address invites carry.
+    pub fn start_host(&mut self) {
+        let dir = self.state_dir("srv").display().to_string();
+        self.spawn(
+            "srv",
+            "srv",
+            &[
+                "up",
+                "--state-dir",
+                &dir,
+                "--name",
+                "host",
+                "--advertise",
+                SRV1,
+                "--host-relay-ports",
+                "50200-50263",
+            ],
+        );
+        let ok = wait_for(Duration::from_secs(10), || self.try_status("srv"));
+        assert!(
+            ok.is_some(),
+            "the host did not come up: {}",
+            self.log("srv")
+        );
+    }
+
+    /// A player's daemon that learns its STUN and TURN servers from the control plane only.
+    pub fn start_guest(&mut self, player: &str) {
+        let dir = self.state_dir(player).display().to_string();
+        let control = format!("http://{SRV1}:8667");
+        self.spawn(
+            player,
+            player,
+            &[
+                "up",
+                "--control",
+                &control,
+                "--state-dir",
+                &dir,
+                "--name",
+                player,
+            ],
+        );
+        let ok = wait_for(Duration::from_secs(10), || self.try_status(player));
+        assert!(ok.is_some(), "daemon {player} did not come up");
+    }
+
     /// pA creates a party and pB joins it; returns when the join was sent.
     pub fn form_party(&self, name: &str) -> std::time::Instant {
         let out = self.cli("pA", &["party", "create", name]);

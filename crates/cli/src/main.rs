@@ -80,6 +80,15 @@ struct UpArgs {
     /// Do not ask the home router to forward the UDP port (PCP / NAT-PMP).
     #[arg(long, env = "LANRAGE_NO_PORT_MAPPING")]
     no_port_mapping: bool,
+    /// Host mode: UDP port of the embedded relay (STUN + TURN), on the control plane's IP.
+    #[arg(long, env = "LANRAGE_HOST_RELAY_PORT", default_value_t = lanrage_proto::DEFAULT_STUN_PORT)]
+    host_relay_port: u16,
+    /// Host mode: UDP ports for relayed addresses, one per guest that needs the relay.
+    #[arg(long, env = "LANRAGE_HOST_RELAY_PORTS", default_value = "49152-49407", value_parser = parse_port_range)]
+    host_relay_ports: (u16, u16),
+    /// Host mode: run no relay (guests behind two strict NATs then cannot connect).
+    #[arg(long, env = "LANRAGE_NO_HOST_RELAY")]
+    no_host_relay: bool,
 }
 
 #[derive(clap::Args)]
@@ -264,6 +273,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.advertise = args.advertise;
     config.player_name = args.name;
     config.port_mapping = !args.no_port_mapping;
+    config.host_relay_port = (!args.no_host_relay).then_some(args.host_relay_port);
+    config.host_relay_ports = args.host_relay_ports;
     for server in &args.stun {
         let addr = tokio::net::lookup_host(server.as_str())
             .await

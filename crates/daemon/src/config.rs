@@ -24,6 +24,11 @@ pub struct DaemonConfig {
     pub stun: Vec<SocketAddr>,
     /// Ask the home router (PCP, else NAT-PMP) to forward the UDP port.
     pub port_mapping: bool,
+    /// Host mode: the embedded relay (STUN + TURN) listens on this UDP port of the control
+    /// plane's listen IP; `None` runs no relay.
+    pub host_relay_port: Option<u16>,
+    /// Host mode: the relay's relayed ports, one allocation each.
+    pub host_relay_ports: (u16, u16),
 }
 
 impl DaemonConfig {
@@ -43,6 +48,8 @@ impl DaemonConfig {
             player_name: None,
             stun: Vec::new(),
             port_mapping: true,
+            host_relay_port: Some(lanrage_proto::DEFAULT_STUN_PORT),
+            host_relay_ports: (49152, 49407),
         }
     }
 }

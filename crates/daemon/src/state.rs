@@ -125,6 +125,17 @@ impl State {
         Ok(token.trim().to_owned())
     }
 
+    /// The TURN secret of host mode's embedded relay and control plane, created on first
+    /// start and kept, so credentials guests hold survive a restart of the host.
+    pub fn host_turn_secret(&self) -> anyhow::Result<String> {
+        let secret = read_or_create_secret(&self.dir.join("host-turn-secret"), || {
+            let mut k = [0u8; 24];
+            rand::rng().fill_bytes(&mut k);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k)
+        })?;
+        Ok(secret.trim().to_owned())
+    }
+
     /// The saved membership, if any.
     pub async fn membership(&self) -> anyhow::Result<Option<Membership>> {
         let row = sqlx::query("SELECT value FROM settings WHERE key = 'membership'")

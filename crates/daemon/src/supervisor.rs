@@ -249,6 +249,17 @@ async fn start_embedded_control(
     );
     let mut cc = ControlConfig::new(state.control_db_url());
     cc.public_url = Some(url.clone());
+    let relay = match config.host_relay_port {
+        Some(port) => start_embedded_relay(config, state, advertise, port).await,
+        None => None,
+    };
+    if let Some((addr, secret)) = &relay {
+        // The relay is the party's STUN server and TURN fallback, as a registered one
+        // would be; credentials are signed with the secret the two share.
+        cc.ice.turn_secret = Some(secret.clone());
+        cc.ice.stun = vec![*addr];
+        cc.ice.turn = vec![*addr];
+    }
     // The port is open to the network so friends can join; only this device creates parties.
     cc.creators = Some(vec![owner]);
     let control = Control::open(cc).await?;
@@ -266,6 +277,51 @@ async fn start_embedded_control(
     }));
     tracing::info!(listen = %config.control_listen, invites = %url, "host mode: control plane embedded");
     Ok((url, stop, task))
+}
+
+/// Host mode's relay: STUN and TURN on the control plane's IP, relayed addresses on the
+/// advertised one. Returns the address guests reach it at and its secret, or `None` (with a
+/// warning) when it cannot run: the party then does without a relay, as before.
+async fn start_embedded_relay(
+    config: &DaemonConfig,
+    state: &State,
+    advertise: std::net::IpAddr,
+    port: u16,
+) -> Option<(SocketAddr, String)> {
+    let secret = match state.host_turn_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "host mode: no relay (cannot store its secret)");
+            return None;
+        }
+    };
+    let (first, last) = config.host_relay_ports;
+    let options = lanrage_relay::Options {
+        listen: vec![SocketAddr::new(config.control_listen.ip(), port)],
+        turn: Some(lanrage_relay::TurnOptions {
+            config: lanrage_relay::turn::Config {
+                secret: secret.clone().into_bytes(),
+                ..lanrage_relay::turn::Config::default()
+            },
+            relay_ip: advertise,
+            ports: first..=last,
+        }),
+    };
+    let relay = match lanrage_relay::Relay::bind(&options).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "host mode: no relay (players behind two strict NATs will not connect)"
+            );
+            return None;
+        }
+    };
+    // It runs as long as the process: the daemon's end is the relay's end.
+    tokio::spawn(relay.run(std::future::pending()));
+    let addr = SocketAddr::new(advertise, port);
+    tracing::info!(%addr, "host mode: relay embedded");
+    Some((addr, secret))
 }
 
 fn default_player_name() -> String {

@@ -15,5 +15,7 @@ pub const DEFAULT_PARTY_NETWORK: &str = "10.66.0.0/16";
 pub const DEFAULT_UDP_PORT: u16 = 51820;
 /// Default address of the daemon's local API.
 pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:8666";
+/// Default port of STUN (RFC 8489) and TURN: the relay's, and host mode's embedded one.
+pub const DEFAULT_STUN_PORT: u16 = 3478;
 /// Default port of the control plane (also the embedded one in host mode).
 pub const DEFAULT_CONTROL_PORT: u16 = 8667;
