@@ -1202,9 +1202,15 @@ fn host_mode_relays_guests_behind_two_symmetric_nats() {
             lab.log("srv")
         )
     });
-    assert_eq!(
-        relay.0, "203.0.113.10:3478",
-        "the host's relay carries the pair"
+    // Either our allocation (the relay's listen address) or pB's (a relayed port of the
+    // same relay, reached straight from our socket): the host's relay either way.
+    assert!(
+        relay
+            .0
+            .as_str()
+            .is_some_and(|r| r.starts_with("203.0.113.10:")),
+        "the host's relay carries the pair: {}",
+        relay.0
     );
     let b_ip = relay.1.as_str().expect("pB's virtual IP").to_owned();
     assert_eq!(lab.ping_loss("pA", &b_ip, 20), 0.0);

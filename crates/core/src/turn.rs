@@ -7,6 +7,8 @@
 //! control plane hands them out; any relay holding the same secret checks them without
 //! asking anyone, and a standard TURN server configured the same way is interchangeable.
 
+pub mod pick;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -14,6 +14,7 @@ use gotatun::x25519::StaticSecret;
 use lanrage_core::lifetime::Lifetime;
 use lanrage_core::portmap::{Mapping, PortMapper};
 use lanrage_core::stun::{NatProbe, NatReport};
+use lanrage_core::turn::pick::RelayPicker;
 use lanrage_core::turn::{Credentials, TurnClient};
 use lanrage_core::{Node, PacketClass, PeerStats, Route, classify};
 use lanrage_proto::DeviceKey;
@@ -138,6 +139,8 @@ impl DataPlane {
             portmap: None,
             lifetime: None,
             binding: None,
+            offered_turn: Vec::new(),
+            picker: RelayPicker::default(),
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -216,6 +219,10 @@ struct Task {
     /// The binding lifetime measurement (started after the first NAT probe).
     lifetime: Option<crate::binding::Measurement>,
     binding: Option<Lifetime>,
+    /// Every TURN server the control plane offers, best first.
+    offered_turn: Vec<(SocketAddr, Credentials)>,
+    /// Which of them to use, remembering the ones that failed.
+    picker: RelayPicker,
 }
 
 /// One punching socket: its receive loop hands WireGuard datagrams to the task.
@@ -366,6 +373,16 @@ impl Task {
         }
         self.finish_probe(now);
         self.track_lifetime();
+        let mut failed = false;
+        for t in &self.turn {
+            if self.picker.observe(t.server(), t.relayed().is_some(), now) {
+                tracing::warn!(relay = %t.server(), "TURN relay failed; trying the next one");
+                failed = true;
+            }
+        }
+        if failed {
+            self.pick_relays(now);
+        }
         self.spare
             .retain(|_, s| now.saturating_duration_since(s.last_send) < SPARE_IDLE);
     }
@@ -529,16 +546,27 @@ impl Task {
             self.probe = None;
             self.next_probe = now;
         }
-        let wanted: Vec<(SocketAddr, Credentials)> = turn.into_iter().take(MAX_TURN).collect();
-        self.turn
-            .retain(|t| wanted.iter().any(|(a, _)| *a == t.server()));
-        for (addr, creds) in wanted {
+        self.offered_turn = turn;
+        self.pick_relays(now);
+    }
+
+    /// Holds allocations on the best [`MAX_TURN`] offered relays, skipping ones that failed
+    /// recently unless nothing else is offered.
+    fn pick_relays(&mut self, now: Instant) {
+        let offered: Vec<SocketAddr> = self.offered_turn.iter().map(|(a, _)| *a).collect();
+        let held: Vec<SocketAddr> = self.turn.iter().map(TurnClient::server).collect();
+        let wanted = self.picker.choose(&offered, &held, MAX_TURN, now);
+        self.turn.retain(|t| wanted.contains(&t.server()));
+        for addr in wanted {
+            let Some((_, creds)) = self.offered_turn.iter().find(|(a, _)| *a == addr) else {
+                continue;
+            };
             match self.turn.iter_mut().find(|t| t.server() == addr) {
-                Some(t) => t.set_credentials(creds),
+                Some(t) => t.set_credentials(creds.clone()),
                 None => {
                     tracing::info!(relay = %addr, "using TURN relay");
                     self.turn
-                        .push(TurnClient::new(addr, creds, rand::random(), now));
+                        .push(TurnClient::new(addr, creds.clone(), rand::random(), now));
                 }
             }
         }
