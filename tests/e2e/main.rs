@@ -1225,3 +1225,61 @@ fn host_mode_relays_guests_behind_two_symmetric_nats() {
     );
     assert!(lab.log("srv").contains("host mode: relay embedded"));
 }
+
+/// A router that speaks only UPnP IGD (PCP and NAT-PMP off): the daemon, answered by
+/// neither, finds the IGD over SSDP, maps its port with SOAP, and the symmetric pair goes
+/// direct through it as with PCP; stopping the daemon deletes the mapping.
+#[test]
+fn a_router_speaking_only_upnp_igd_forwards_the_port_too() {
+    use natlab::{Nat, NatLab};
+    let mut lab = NatLab::with_upnp_only("igd", Nat::Symmetric, Nat::Symmetric);
+    lab.start_servers();
+    lab.start_player("pA");
+    lab.start_player("pB");
+    let mapping = wait_for(Duration::from_secs(25), || {
+        let s = lab.try_status("pB")?;
+        (!s["port_mapping"].is_null()).then(|| s["port_mapping"].clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pB got no UPnP mapping: {}\n{}",
+            lab.log("pB"),
+            lab.log("miniupnpd")
+        )
+    });
+    assert_eq!(mapping["protocol"], "upnp-igd", "{mapping}");
+    assert_eq!(mapping["external"], "100.128.66.2:51820", "{mapping}");
+    lab.form_party("igd");
+    let endpoint = wait_for(Duration::from_secs(20), || {
+        let s = lab.try_status("pA")?;
+        let m = &s["party"]["members"][0];
+        (m["path"] == "direct").then(|| m["endpoint"].clone())
+    })
+    .unwrap_or_else(|| panic!("no direct path: {}", lab.log("pA")));
+    assert_eq!(endpoint, "100.128.66.2:51820");
+    assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
+    let rb = lab.ns("rB");
+    let rules = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &rb, "nft", "list", "chain", "inet"])
+            .args(["lanrage_upnp", "prerouting_miniupnpd"])
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        rules().contains("dport 51820"),
+        "no forward on rB: {}",
+        rules()
+    );
+    lab.stop("pB");
+    let deleted = wait_for(Duration::from_secs(5), || {
+        (!rules().contains("dport 51820")).then_some(())
+    });
+    assert!(
+        deleted.is_some(),
+        "the forward outlived the daemon: {}\n{}",
+        rules(),
+        lab.log("miniupnpd")
+    );
+}

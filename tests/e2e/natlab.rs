@@ -80,7 +80,15 @@ impl NatLab {
     /// namespaces, which have no link to the machine's own network.
     pub fn with_port_mapping(name: &str, a: Nat, b: Nat) -> Self {
         let mut lab = Self::build(name, a, Some(b), true);
-        lab.start_miniupnpd();
+        lab.start_miniupnpd(true);
+        lab
+    }
+
+    /// Like [`Self::with_port_mapping`], with miniupnpd speaking UPnP IGD only (PCP and
+    /// NAT-PMP off), as many consumer routers do.
+    pub fn with_upnp_only(name: &str, a: Nat, b: Nat) -> Self {
+        let mut lab = Self::build(name, a, Some(b), true);
+        lab.start_miniupnpd(false);
         lab
     }
 
@@ -224,7 +232,7 @@ impl NatLab {
         })
     }
 
-    fn ns(&self, short: &str) -> String {
+    pub fn ns(&self, short: &str) -> String {
         format!("{}-{short}", self.prefix)
     }
 
@@ -301,7 +309,7 @@ impl NatLab {
     /// miniupnpd on rB: its chains in an nftables table of their own (accepting; the
     /// router's iptables firewall already lets DNATed flows in), PCP and NAT-PMP for
     /// addresses of rB's LAN only, its pid and lease files in the lab's directory.
-    fn start_miniupnpd(&mut self) {
+    fn start_miniupnpd(&mut self, natpmp: bool) {
         let has = run(Command::new("sh").args(["-c", "command -v miniupnpd"]))
             .status
             .success();
@@ -325,10 +333,11 @@ impl NatLab {
             &["nft", "-f", &dir.join("upnp.nft").display().to_string()],
         );
         let conf = format!(
-            "ext_ifname=wan0\nlistening_ip=lan0\nenable_natpmp=yes\nenable_upnp=yes\n\
+            "ext_ifname=wan0\nlistening_ip=lan0\nenable_natpmp={}\nenable_upnp=yes\n\
              secure_mode=yes\nsystem_uptime=yes\nupnp_table_name=lanrage_upnp\n\
              upnp_nat_table_name=lanrage_upnp\nlease_file={}\n\
              allow 1024-65535 192.168.2.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+            if natpmp { "yes" } else { "no" },
             dir.join("upnp.leases").display()
         );
         std::fs::write(dir.join("miniupnpd.conf"), conf).expect("miniupnpd.conf");
@@ -343,7 +352,7 @@ impl NatLab {
         );
         let listening = wait_for(Duration::from_secs(10), || {
             self.log("miniupnpd")
-                .contains("Listening for NAT-PMP/PCP")
+                .contains("HTTP listening on port")
                 .then_some(())
         });
         assert!(

@@ -8,14 +8,17 @@
 //!
 //! Both protocols are UDP to the gateway's port 5351 and are sent from the daemon's own
 //! socket; the answers come back to it from `gateway:5351`, which is how the data plane
-//! tells them from STUN (their first bytes look alike). UPnP IGD (SSDP and SOAP over HTTP)
-//! is not spoken here.
+//! tells them from STUN (their first bytes look alike). UPnP IGD, the third way routers
+//! forward ports, runs over HTTP; its messages are in [`igd`] and the daemon tries it when
+//! neither protocol here is answered.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
+
+pub mod igd;
 
 /// The PCP and NAT-PMP server port on the gateway.
 pub const SERVER_PORT: u16 = 5351;
@@ -48,6 +51,7 @@ const UNSUPPORTED_VERSION: u16 = 1;
 pub enum Protocol {
     Pcp,
     NatPmp,
+    UpnpIgd,
 }
 
 impl Protocol {
@@ -55,6 +59,7 @@ impl Protocol {
         match self {
             Protocol::Pcp => "pcp",
             Protocol::NatPmp => "nat-pmp",
+            Protocol::UpnpIgd => "upnp-igd",
         }
     }
 }
@@ -202,7 +207,9 @@ impl PortMapper {
         let m = self.mapping.take()?;
         Some(match m.protocol {
             Protocol::Pcp => self.pcp_request(Duration::ZERO),
-            Protocol::NatPmp => natpmp_map_request(self.port, 0, Duration::ZERO),
+            Protocol::NatPmp | Protocol::UpnpIgd => {
+                natpmp_map_request(self.port, 0, Duration::ZERO)
+            }
         })
     }
 
@@ -212,7 +219,7 @@ impl PortMapper {
                 let req = self.pcp_request(LIFETIME);
                 self.outbox.push(req);
             }
-            Protocol::NatPmp => {
+            Protocol::NatPmp | Protocol::UpnpIgd => {
                 self.outbox.push(vec![0, NATPMP_OP_ADDRESS]);
                 let suggested = self.mapping.map_or(self.port, |m| m.external.port());
                 self.outbox
@@ -260,7 +267,7 @@ impl PortMapper {
         if matches!(self.phase, Phase::Asking { protocol: p, .. } if p == protocol) {
             match protocol {
                 Protocol::Pcp => self.ask(Protocol::NatPmp, 0, now),
-                Protocol::NatPmp => self.give_up(now),
+                Protocol::NatPmp | Protocol::UpnpIgd => self.give_up(now),
             }
         }
     }

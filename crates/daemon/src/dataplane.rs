@@ -141,6 +141,7 @@ impl DataPlane {
             binding: None,
             offered_turn: Vec::new(),
             picker: RelayPicker::default(),
+            igd: None,
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -223,6 +224,8 @@ struct Task {
     offered_turn: Vec<(SocketAddr, Credentials)>,
     /// Which of them to use, remembering the ones that failed.
     picker: RelayPicker,
+    /// UPnP IGD, tried when the gateway answers neither PCP nor NAT-PMP.
+    igd: Option<crate::igd::IgdMapper>,
 }
 
 /// One punching socket: its receive loop hands WireGuard datagrams to the task.
@@ -328,6 +331,9 @@ impl Task {
         if let Some((server, bytes)) = release {
             self.send_udp(&bytes, server).await;
         }
+        if let Some(igd) = self.igd.take() {
+            igd.release().await;
+        }
         tracing::debug!("data plane stopped");
     }
 
@@ -357,6 +363,14 @@ impl Task {
         }
         if let Some(pm) = &mut self.portmap {
             pm.handle_timeout(now);
+            if self.igd.is_none() && pm.failures() > 0 && pm.mapping(now).is_none() {
+                let port = self.socket.local_addr().map(|a| a.port()).unwrap_or(0);
+                self.igd = Some(crate::igd::IgdMapper::start(
+                    pm.gateway(),
+                    pm.client(),
+                    port,
+                ));
+            }
         }
         if self.probe.is_none() && !self.stun_servers.is_empty() && now >= self.next_probe {
             self.find_gateway(now);
@@ -398,10 +412,23 @@ impl Task {
         if found == current {
             return;
         }
+        self.igd = None;
         self.portmap = found.map(|(gateway, client)| {
             tracing::debug!(%gateway, %client, "asking the gateway for a port mapping");
             PortMapper::new(gateway, client, self.local_port(), rand::random(), now)
         });
+    }
+
+    /// The router's forward in force: PCP or NAT-PMP, else UPnP IGD.
+    fn port_mapping(&self, now: Instant) -> Option<Mapping> {
+        self.portmap
+            .as_ref()
+            .and_then(|p| p.mapping(now))
+            .or_else(|| {
+                let igd = self.igd.as_ref()?;
+                let m = *igd.mapping.borrow();
+                m.filter(|m| m.expires > now)
+            })
     }
 
     /// Follows the binding lifetime measurement and sizes the keepalive from its result.
@@ -695,7 +722,7 @@ impl Task {
                         .as_ref()
                         .and_then(|n| n.public_addr)
                         .or_else(|| self.probe.as_ref().and_then(NatProbe::public_addr)),
-                    port_mapping: self.portmap.as_ref().and_then(|p| p.mapping(now)),
+                    port_mapping: self.port_mapping(now),
                     gateway: self.portmap.as_ref().map(PortMapper::gateway),
                     binding_lifetime: self.binding,
                     keepalive: self.node.keepalive(),

@@ -14,6 +14,7 @@ mod binding;
 mod config;
 mod control_client;
 mod dataplane;
+mod igd;
 mod net;
 mod state;
 mod supervisor;
