@@ -571,25 +571,26 @@ impl NatLab {
 
     /// A player's daemon with STUN on both server addresses.
     pub fn start_player(&mut self, player: &str) {
-        let dir = self.state_dir(player).display().to_string();
         // Primary first (filtering tests), then another IP and another port (mapping tests).
         let stun = format!("{SRV1}:3478,{SRV2}:3478,{SRV1}:3479");
+        self.start_daemon(player, &["--stun", &stun]);
+    }
+
+    /// A player's daemon on the lab's control plane, with `extra` flags.
+    fn start_daemon(&mut self, player: &str, extra: &[&str]) {
+        let dir = self.state_dir(player).display().to_string();
         let control = format!("http://{SRV1}:8667");
-        self.spawn(
+        let mut args = vec![
+            "up",
+            "--control",
+            &control,
+            "--state-dir",
+            &dir,
+            "--name",
             player,
-            player,
-            &[
-                "up",
-                "--control",
-                &control,
-                "--stun",
-                &stun,
-                "--state-dir",
-                &dir,
-                "--name",
-                player,
-            ],
-        );
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(player, player, &args);
         let ok = wait_for(Duration::from_secs(10), || self.try_status(player));
         assert!(ok.is_some(), "daemon {player} did not come up");
     }
@@ -623,23 +624,7 @@ impl NatLab {
 
     /// A player's daemon that learns its STUN and TURN servers from the control plane only.
     pub fn start_guest(&mut self, player: &str) {
-        let dir = self.state_dir(player).display().to_string();
-        let control = format!("http://{SRV1}:8667");
-        self.spawn(
-            player,
-            player,
-            &[
-                "up",
-                "--control",
-                &control,
-                "--state-dir",
-                &dir,
-                "--name",
-                player,
-            ],
-        );
-        let ok = wait_for(Duration::from_secs(10), || self.try_status(player));
-        assert!(ok.is_some(), "daemon {player} did not come up");
+        self.start_daemon(player, &[]);
     }
 
     /// pA creates a party and pB joins it; returns when the join was sent.
