@@ -425,12 +425,7 @@ fn cone_nats_are_classified_and_traversed_directly() {
         assert_eq!(nat["port_preserved"], true);
     }
     lab.form_party("behind nat");
-    let direct = wait_for(Duration::from_secs(20), || {
-        let s = lab.try_status("pB")?;
-        let m = &s["party"]["members"][0];
-        (m["path"] == "direct").then(|| m["endpoint"].clone())
-    })
-    .unwrap_or_else(|| {
+    let direct = direct_endpoint(&lab, "pB", Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
             "no direct path through the NATs: {:#}\n{}",
             lab.try_status("pB").unwrap_or_default(),
@@ -832,6 +827,23 @@ fn the_nearer_relay_carries_a_relayed_pair_and_the_other_takes_over() {
 }
 
 /// Lost pings from ping's summary (`N packets transmitted, M received`).
+/// The endpoint `player` reaches its first party member at, once that path is direct.
+fn direct_endpoint(lab: &natlab::NatLab, player: &str, within: Duration) -> Option<Value> {
+    wait_for(within, || {
+        let s = lab.try_status(player)?;
+        let m = &s["party"]["members"][0];
+        (m["path"] == "direct").then(|| m["endpoint"].clone())
+    })
+}
+
+/// The port mapping `player`'s router granted, once it has.
+fn port_mapping_of(lab: &natlab::NatLab, player: &str, within: Duration) -> Option<Value> {
+    wait_for(within, || {
+        let s = lab.try_status(player)?;
+        (!s["port_mapping"].is_null()).then(|| s["port_mapping"].clone())
+    })
+}
+
 fn lost_of(summary: &str) -> u32 {
     let line = summary
         .lines()
@@ -1008,11 +1020,7 @@ fn matrix_row(a: natlab::Nat, b: Option<natlab::Nat>) -> String {
             ("pB", "pA")
         };
         let published = lab.try_status(sym).expect("status")["nat"]["public_addr"].clone();
-        let wait = wait_for(Duration::from_secs(5), || {
-            let s = lab.try_status(other)?;
-            let m = &s["party"]["members"][0];
-            (m["path"] == "direct").then(|| m["endpoint"].clone())
-        });
+        let wait = direct_endpoint(&lab, other, Duration::from_secs(5));
         let endpoint = wait.unwrap_or_else(|| panic!("{a:?}/{b:?}: {other} not direct"));
         assert_ne!(endpoint, published, "{a:?}/{b:?}");
         if a == Nat::Cone || b == Some(Nat::Cone) {
@@ -1052,11 +1060,7 @@ fn a_forwarded_port_lets_a_symmetric_pair_go_direct() {
     lab.start_servers();
     lab.start_player("pA");
     lab.start_player("pB");
-    let mapping = wait_for(Duration::from_secs(10), || {
-        let s = lab.try_status("pB")?;
-        (!s["port_mapping"].is_null()).then(|| s["port_mapping"].clone())
-    })
-    .unwrap_or_else(|| {
+    let mapping = port_mapping_of(&lab, "pB", Duration::from_secs(10)).unwrap_or_else(|| {
         panic!(
             "pB got no port mapping: {}\n{}",
             lab.log("pB"),
@@ -1074,12 +1078,7 @@ fn a_forwarded_port_lets_a_symmetric_pair_go_direct() {
     let a = lab.try_status("pA").expect("pA status");
     assert!(a["port_mapping"].is_null(), "{a}");
     lab.form_party("forwarded");
-    let endpoint = wait_for(Duration::from_secs(20), || {
-        let s = lab.try_status("pA")?;
-        let m = &s["party"]["members"][0];
-        (m["path"] == "direct").then(|| m["endpoint"].clone())
-    })
-    .unwrap_or_else(|| {
+    let endpoint = direct_endpoint(&lab, "pA", Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
             "no direct path to the forwarded port: {:#}\n{}",
             lab.try_status("pA").unwrap_or_default(),
@@ -1236,11 +1235,7 @@ fn a_router_speaking_only_upnp_igd_forwards_the_port_too() {
     lab.start_servers();
     lab.start_player("pA");
     lab.start_player("pB");
-    let mapping = wait_for(Duration::from_secs(25), || {
-        let s = lab.try_status("pB")?;
-        (!s["port_mapping"].is_null()).then(|| s["port_mapping"].clone())
-    })
-    .unwrap_or_else(|| {
+    let mapping = port_mapping_of(&lab, "pB", Duration::from_secs(25)).unwrap_or_else(|| {
         panic!(
             "pB got no UPnP mapping: {}\n{}",
             lab.log("pB"),
@@ -1250,12 +1245,8 @@ fn a_router_speaking_only_upnp_igd_forwards_the_port_too() {
     assert_eq!(mapping["protocol"], "upnp-igd", "{mapping}");
     assert_eq!(mapping["external"], "100.128.66.2:51820", "{mapping}");
     lab.form_party("igd");
-    let endpoint = wait_for(Duration::from_secs(20), || {
-        let s = lab.try_status("pA")?;
-        let m = &s["party"]["members"][0];
-        (m["path"] == "direct").then(|| m["endpoint"].clone())
-    })
-    .unwrap_or_else(|| panic!("no direct path: {}", lab.log("pA")));
+    let endpoint = direct_endpoint(&lab, "pA", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no direct path: {}", lab.log("pA")));
     assert_eq!(endpoint, "100.128.66.2:51820");
     assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
     let rb = lab.ns("rB");

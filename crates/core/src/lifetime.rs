@@ -202,9 +202,9 @@ impl LifetimeProbe {
         }
     }
 
+    /// X binds (again): the first request goes out now.
     fn establish(&mut self, now: Instant) {
-        let mut txid = [0u8; 12];
-        self.rng.fill_bytes(&mut txid);
+        let txid = self.txid();
         self.phase = Phase::Establish {
             txid,
             sends: 0,
@@ -213,15 +213,21 @@ impl LifetimeProbe {
         self.handle_timeout(now);
     }
 
+    /// Y asks for the answer to reach X: the first request goes out now.
     fn test(&mut self, now: Instant) {
-        let mut txid = [0u8; 12];
-        self.rng.fill_bytes(&mut txid);
+        let txid = self.txid();
         self.phase = Phase::Test {
             txid,
             sends: 0,
             next: now,
         };
         self.handle_timeout(now);
+    }
+
+    fn txid(&mut self) -> [u8; 12] {
+        let mut txid = [0u8; 12];
+        self.rng.fill_bytes(&mut txid);
+        txid
     }
 }
 

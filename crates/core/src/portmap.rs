@@ -73,11 +73,27 @@ pub struct Mapping {
     pub expires: Instant,
 }
 
+/// The two protocols spoken on the socket (UPnP IGD is the daemon's, over HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Pcp,
+    NatPmp,
+}
+
+impl Wire {
+    fn protocol(self) -> Protocol {
+        match self {
+            Wire::Pcp => Protocol::Pcp,
+            Wire::NatPmp => Protocol::NatPmp,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Requests of `protocol` out; `sends` so far, the next at `next`.
     Asking {
-        protocol: Protocol,
+        protocol: Wire,
         sends: u32,
         next: Instant,
     },
@@ -98,7 +114,7 @@ pub struct PortMapper {
     natpmp_ip: Option<Ipv4Addr>,
     natpmp_port: Option<(u16, Duration)>,
     /// The protocol that worked last; renewals start with it.
-    known: Option<Protocol>,
+    known: Option<Wire>,
     outbox: Vec<Vec<u8>>,
     failures: u64,
 }
@@ -170,7 +186,7 @@ impl PortMapper {
         }
         match self.phase {
             Phase::Waiting { at } if now >= at => {
-                let protocol = self.known.unwrap_or(Protocol::Pcp);
+                let protocol = self.known.unwrap_or(Wire::Pcp);
                 self.ask(protocol, 0, now);
             }
             Phase::Asking {
@@ -180,8 +196,8 @@ impl PortMapper {
             } if now >= next => {
                 if sends < MAX_SENDS {
                     self.ask(protocol, sends, now);
-                } else if protocol == Protocol::Pcp {
-                    self.ask(Protocol::NatPmp, 0, now);
+                } else if protocol == Wire::Pcp {
+                    self.ask(Wire::NatPmp, 0, now);
                 } else {
                     self.give_up(now);
                 }
@@ -206,20 +222,18 @@ impl PortMapper {
     pub fn release(&mut self) -> Option<Vec<u8>> {
         let m = self.mapping.take()?;
         Some(match m.protocol {
-            Protocol::Pcp => self.pcp_request(Duration::ZERO),
-            Protocol::NatPmp | Protocol::UpnpIgd => {
-                natpmp_map_request(self.port, 0, Duration::ZERO)
-            }
+            Protocol::NatPmp => natpmp_map_request(self.port, 0, Duration::ZERO),
+            Protocol::Pcp | Protocol::UpnpIgd => self.pcp_request(Duration::ZERO),
         })
     }
 
-    fn ask(&mut self, protocol: Protocol, sends: u32, now: Instant) {
+    fn ask(&mut self, protocol: Wire, sends: u32, now: Instant) {
         match protocol {
-            Protocol::Pcp => {
+            Wire::Pcp => {
                 let req = self.pcp_request(LIFETIME);
                 self.outbox.push(req);
             }
-            Protocol::NatPmp | Protocol::UpnpIgd => {
+            Wire::NatPmp => {
                 self.outbox.push(vec![0, NATPMP_OP_ADDRESS]);
                 let suggested = self.mapping.map_or(self.port, |m| m.external.port());
                 self.outbox
@@ -244,16 +258,10 @@ impl PortMapper {
         self.phase = Phase::Waiting { at };
     }
 
-    fn granted(
-        &mut self,
-        protocol: Protocol,
-        external: SocketAddrV4,
-        life: Duration,
-        now: Instant,
-    ) {
+    fn granted(&mut self, protocol: Wire, external: SocketAddrV4, life: Duration, now: Instant) {
         self.known = Some(protocol);
         self.mapping = Some(Mapping {
-            protocol,
+            protocol: protocol.protocol(),
             external,
             expires: now + life,
         });
@@ -263,11 +271,11 @@ impl PortMapper {
     }
 
     /// Not answered in this protocol: try the other one now rather than after the timeout.
-    fn unsupported(&mut self, protocol: Protocol, now: Instant) {
+    fn unsupported(&mut self, protocol: Wire, now: Instant) {
         if matches!(self.phase, Phase::Asking { protocol: p, .. } if p == protocol) {
             match protocol {
-                Protocol::Pcp => self.ask(Protocol::NatPmp, 0, now),
-                Protocol::NatPmp | Protocol::UpnpIgd => self.give_up(now),
+                Wire::Pcp => self.ask(Wire::NatPmp, 0, now),
+                Wire::NatPmp => self.give_up(now),
             }
         }
     }
@@ -297,7 +305,7 @@ impl PortMapper {
         }
         let code = u16::from(d[3]);
         if code == UNSUPPORTED_VERSION {
-            return self.unsupported(Protocol::Pcp, now);
+            return self.unsupported(Wire::Pcp, now);
         }
         // Header (24) + MAP (36); the nonce ties the answer to our request.
         if d.len() < PCP_REQUEST_LEN || d[24..36] != self.nonce || d[36] != UDP {
@@ -318,7 +326,7 @@ impl PortMapper {
         if life.is_zero() || port == 0 || ip.is_unspecified() {
             return;
         }
-        self.granted(Protocol::Pcp, SocketAddrV4::new(ip, port), life, now);
+        self.granted(Wire::Pcp, SocketAddrV4::new(ip, port), life, now);
     }
 
     fn natpmp_answer(&mut self, d: &[u8], now: Instant) {
@@ -329,16 +337,16 @@ impl PortMapper {
         // A NAT-PMP-only gateway answers a PCP request in NAT-PMP's form (RFC 6887 §9).
         if code == UNSUPPORTED_VERSION {
             let protocol = if d[1] == PCP_RESPONSE | PCP_OP_MAP {
-                Protocol::Pcp
+                Wire::Pcp
             } else {
-                Protocol::NatPmp
+                Wire::NatPmp
             };
             return self.unsupported(protocol, now);
         }
         if !matches!(
             self.phase,
             Phase::Asking {
-                protocol: Protocol::NatPmp,
+                protocol: Wire::NatPmp,
                 ..
             }
         ) {
@@ -368,7 +376,7 @@ impl PortMapper {
         }
         if let (Some(ip), Some((port, life))) = (self.natpmp_ip, self.natpmp_port) {
             self.natpmp_port = None;
-            self.granted(Protocol::NatPmp, SocketAddrV4::new(ip, port), life, now);
+            self.granted(Wire::NatPmp, SocketAddrV4::new(ip, port), life, now);
         }
     }
 }

@@ -361,10 +361,10 @@ impl Task {
                 t.set_peers(self.peer_ips.iter().copied(), now);
             }
         }
+        let port = self.local_port();
         if let Some(pm) = &mut self.portmap {
             pm.handle_timeout(now);
             if self.igd.is_none() && pm.failures() > 0 && pm.mapping(now).is_none() {
-                let port = self.socket.local_addr().map(|a| a.port()).unwrap_or(0);
                 self.igd = Some(crate::igd::IgdMapper::start(
                     pm.gateway(),
                     pm.client(),
