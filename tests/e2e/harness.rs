@@ -27,6 +27,9 @@ pub fn require_root_and_tools() {
         "bash",
         "turnserver",
         "turnutils_uclient",
+        "python3",
+        "quakestat",
+        "/usr/games/openarena-server",
     ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -35,7 +38,7 @@ pub fn require_root_and_tools() {
             .unwrap_or(false);
         assert!(
             found,
-            "the end-to-end tests need `{tool}` (apt-get install iproute2 iputils-ping iperf3 coturn)"
+            "the end-to-end tests need `{tool}` (apt-get install iproute2 iputils-ping iperf3 coturn python3 qstat openarena-server)"
         );
     }
     assert!(
@@ -366,6 +369,23 @@ impl Lab {
             .spawn()
             .expect("spawn");
         self.extra.push(child);
+    }
+
+    /// Starts a background process in player `i`'s namespace, owned by the lab, with its
+    /// output in `<name>.out` in the lab directory; returns that path.
+    pub fn spawn_logged(&mut self, i: usize, name: &str, program: &str, args: &[&str]) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.out"));
+        let out = std::fs::File::create(&path).expect("output file");
+        let child = Self::in_ns(&self.player_ns(i), program)
+            .args(args)
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path())
+            .stdout(out)
+            .stderr(self.log(name))
+            .spawn()
+            .expect("spawn");
+        self.extra.push(child);
+        path
     }
 
     pub fn read_log(&self, name: &str) -> String {

@@ -399,6 +399,7 @@ fn sigterm_removes_the_interface_and_keeps_the_membership() {
     assert_eq!(vip(&s), ip);
 }
 
+mod lan;
 mod natlab;
 mod wanem;
 

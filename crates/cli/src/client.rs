@@ -123,7 +123,7 @@ impl LocalClient {
         Ok(())
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
@@ -131,7 +131,7 @@ impl LocalClient {
         self.request(reqwest::Method::POST, path, Some(body)).await
     }
 
-    async fn request<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn request<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -2,6 +2,7 @@
 //! plane, or the local API client; nothing else lives here.
 
 mod client;
+mod lan;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -34,6 +35,14 @@ enum Cmd {
     Party {
         #[command(subcommand)]
         action: PartyCmd,
+        #[command(flatten)]
+        local: client::LocalArgs,
+    },
+    /// LAN emulation: which broadcast and multicast ports are carried to the party, and
+    /// where each packet went (`lanrage lan trace`).
+    Lan {
+        #[command(subcommand)]
+        action: Option<lan::LanCmd>,
         #[command(flatten)]
         local: client::LocalArgs,
     },
@@ -246,6 +255,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 PartyCmd::Unlock => c.lock(false).await,
             }
         }
+        Cmd::Lan { action, local } => lan::run(&client::LocalClient::new(&local), action).await,
         Cmd::Status { json, local } => client::LocalClient::new(&local).status(json).await,
     }
 }

@@ -39,6 +39,7 @@ use mock_instant::thread_local::MockClock;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
+use crate::lan::{self, Capture, Lan, Member, Via};
 use crate::packet::{self, Probe, ProbeKind};
 
 /// Handshake initiations per second before the node answers with cookies (whitepaper §5.3).
@@ -203,6 +204,8 @@ pub struct Node {
     nat: Option<NatHint>,
     /// How often paths that only need their NAT binding held are probed.
     keepalive: Duration,
+    /// Broadcast and multicast across the party.
+    lan: Lan,
 }
 
 struct Peer {
@@ -484,6 +487,7 @@ impl Node {
         let public = PublicKey::from(&secret);
         let mut rng = StdRng::seed_from_u64(seed);
         let index_table = IndexTable::from_rng(StdRng::seed_from_u64(rng.next_u64()));
+        let lan = Lan::new(rng.next_u64());
         MockClock::set_time(Duration::ZERO);
         Self {
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
@@ -506,6 +510,7 @@ impl Node {
             counters: Counters::default(),
             nat: None,
             keepalive: DEFAULT_KEEPALIVE,
+            lan,
         }
     }
 
@@ -516,11 +521,25 @@ impl Node {
 
     /// Sets this device's virtual IP and the party prefix length; `None` when in no party.
     pub fn set_local(&mut self, local: Option<(Ipv4Addr, u8)>) {
+        if local.map(|(ip, _)| ip) != self.local_ip {
+            // Memberships were joined on the interface of the old address.
+            self.lan.clear_joined();
+        }
         self.local_ip = local.map(|(ip, _)| ip);
         self.broadcast = local.map(|(ip, prefix)| {
             let host_bits = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
             Ipv4Addr::from(u32::from(ip) | host_bits)
         });
+    }
+
+    /// LAN emulation: its settings, trace and counters.
+    pub fn lan(&self) -> &Lan {
+        &self.lan
+    }
+
+    /// LAN emulation, to change what is forwarded (applies to the next packet).
+    pub fn lan_mut(&mut self) -> &mut Lan {
+        &mut self.lan
     }
 
     /// Turns the per-peer latency probes on or off.
@@ -633,6 +652,7 @@ impl Node {
     pub fn remove_peer(&mut self, key: &DeviceKey) {
         if let Some(peer) = self.peers.remove(key) {
             self.by_ip.remove(&peer.virtual_ip);
+            self.lan.forget(peer.virtual_ip);
             self.by_index.retain(|_, k| k != key);
         }
     }
@@ -642,17 +662,59 @@ impl Node {
         self.peers.keys()
     }
 
-    /// Encrypts a packet read from the TUN towards the peer that owns its destination.
+    /// Encrypts a packet read from the TUN towards the peer that owns its destination, or
+    /// every peer for the party's broadcast and multicast (see [`crate::lan`]).
     pub fn handle_tun_packet(&mut self, packet: &[u8], now: Instant) {
-        let Some((_, dst)) = packet::ipv4_addrs(packet) else {
+        let Some((src, dst)) = packet::ipv4_addrs(packet) else {
             self.counters.dropped_no_route += 1;
             return;
         };
-        let Some(&key) = self.by_ip.get(&dst) else {
-            self.counters.dropped_no_route += 1;
+        if let Some(&key) = self.by_ip.get(&dst) {
+            self.send_to_peer(key, packet, now);
+            return;
+        }
+        // Only this device's own packets are carried: peers accept nothing else from us,
+        // and a packet that came from a peer is never sent on again.
+        if Some(src) == self.local_ip && self.capture_lan(packet, Via::Tun, now) {
+            return;
+        }
+        self.counters.dropped_no_route += 1;
+    }
+
+    /// Carries a UDP broadcast or multicast packet this device sent out of its physical
+    /// interface (caught there by the owner, when physical capture is on): rewritten to
+    /// come from our virtual IP, and sent like one read from the TUN.
+    pub fn handle_physical_packet(&mut self, packet: &[u8], now: Instant) {
+        let (Some(local), Some(broadcast)) = (self.local_ip, self.broadcast) else {
             return;
         };
-        self.send_to_peer(key, packet, now);
+        if let Some(rewritten) = lan::from_physical(packet, local, broadcast) {
+            self.capture_lan(&rewritten, Via::Physical, now);
+        }
+    }
+
+    /// Sends a LAN packet to every member with a session; `false` if it is not one.
+    fn capture_lan(&mut self, packet: &[u8], via: Via, now: Instant) -> bool {
+        let members: Vec<Member> = self
+            .peers
+            .values()
+            .map(|p| Member {
+                ip: p.virtual_ip,
+                connected: p.tunn.has_active_session(),
+            })
+            .collect();
+        match self.lan.capture(packet, via, self.broadcast, &members, now) {
+            Capture::NotLan => false,
+            Capture::Forward(to) => {
+                for ip in to {
+                    if let Some(&key) = self.by_ip.get(&ip) {
+                        self.send_to_peer(key, packet, now);
+                    }
+                }
+                true
+            }
+            Capture::Memberships | Capture::Dropped(_) => true,
+        }
     }
 
     /// Handles a WireGuard datagram that arrived by `from`.
@@ -1036,6 +1098,13 @@ impl Node {
             || dst.is_multicast();
         if !for_us {
             self.counters.dropped_wrong_destination += 1;
+            return;
+        }
+        if Some(dst) != self.local_ip {
+            // A peer's broadcast or multicast: into the TUN (never on to other peers).
+            if self.lan.receive(inner, self.broadcast, now).is_ok() {
+                self.to_tun.push_back(inner.to_vec());
+            }
             return;
         }
         let Some(probe) = packet::parse_probe(inner) else {

@@ -14,14 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanrage_proto::local::{
-    API_TOKEN_HEADER, BindingLifetime, CreateRequest, JoinRequest, KickRequest,
-    LocalError as ErrorBody, LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind,
-    PortMappingStatus, Status, WireguardPeer, WireguardStatus,
+    API_TOKEN_HEADER, BindingLifetime, CreateRequest, JoinRequest, KickRequest, LanCounters,
+    LanEvent, LanMember, LanSkipped, LanStatus, LanTrace, LanUpdate, LocalError as ErrorBody,
+    LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind, PortMappingStatus, Status,
+    WireguardPeer, WireguardStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, mpsc, oneshot};
 
-use crate::dataplane::DataPlane;
+use crate::dataplane::{DataPlane, LanView};
+use crate::state::State as Store;
 use crate::supervisor::{Command, LocalError, Shared};
 
 /// The API's state.
@@ -30,6 +32,9 @@ pub struct ApiState {
     cmds: mpsc::Sender<Command>,
     shared: Arc<RwLock<Shared>>,
     dataplane: DataPlane,
+    state: Store,
+    /// Serializes settings changes (read, save, apply).
+    lan_lock: Arc<tokio::sync::Mutex<()>>,
     token: Arc<str>,
     port: u16,
 }
@@ -39,6 +44,7 @@ impl ApiState {
         cmds: mpsc::Sender<Command>,
         shared: Arc<RwLock<Shared>>,
         dataplane: DataPlane,
+        state: Store,
         token: String,
         port: u16,
     ) -> Self {
@@ -46,6 +52,8 @@ impl ApiState {
             cmds,
             shared,
             dataplane,
+            state,
+            lan_lock: Arc::default(),
             token: token.into(),
             port,
         }
@@ -66,6 +74,9 @@ pub async fn serve(
         .route("/v1/party/kick", post(kick))
         .route("/v1/party/lock", post(lock))
         .route("/v1/party/invite", get(invite))
+        .route("/v1/lan", get(lan_status))
+        .route("/v1/lan/settings", post(lan_settings))
+        .route("/v1/lan/trace", get(lan_trace))
         .fallback(|| async { error(404, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state);
@@ -299,6 +310,121 @@ async fn invite(State(st): State<ApiState>) -> Response {
     ask(&st, Command::Invite).await
 }
 
+async fn lan_status(State(st): State<ApiState>) -> Response {
+    match st.dataplane.lan().await {
+        Some(view) => Json(lan_status_of(&view)).into_response(),
+        None => error(503, "the daemon is shutting down"),
+    }
+}
+
+/// Applies a change to what LAN emulation forwards: saved first, then applied at once.
+async fn lan_settings(State(st): State<ApiState>, Body(update): Body<LanUpdate>) -> Response {
+    let _guard = st.lan_lock.lock().await;
+    let Some(view) = st.dataplane.lan().await else {
+        return error(503, "the daemon is shutting down");
+    };
+    let settings = match crate::lan::apply_update(&view.settings, &update) {
+        Ok(s) => s,
+        Err(message) => return error(400, message),
+    };
+    if let Err(e) = st
+        .state
+        .set_lan_settings(&crate::lan::from_core(&settings))
+        .await
+    {
+        return error(
+            500,
+            format!("could not save the LAN settings (nothing changed): {e:#}"),
+        );
+    }
+    st.dataplane.set_lan(settings).await;
+    lan_status(State(st.clone())).await
+}
+
+async fn lan_trace(State(st): State<ApiState>) -> Response {
+    let Some(view) = st.dataplane.lan().await else {
+        return error(503, "the daemon is shutting down");
+    };
+    let shared = st.shared.read().await;
+    let name_of = |ip: std::net::Ipv4Addr| {
+        shared
+            .party
+            .as_ref()
+            .and_then(|p| p.members.iter().find(|m| m.virtual_ip == ip))
+            .map(|m| m.name.clone())
+    };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let events = view
+        .trace
+        .iter()
+        .map(|e| {
+            let ago = view.now.saturating_duration_since(e.at);
+            let at_unix_ms = wall.saturating_sub(ago).as_millis();
+            let incoming = e.via == lanrage_core::lan::Via::Peer;
+            LanEvent {
+                at_unix_ms: u64::try_from(at_unix_ms).unwrap_or(u64::MAX),
+                direction: if incoming { "in" } else { "out" }.into(),
+                via: e.via.as_str().into(),
+                kind: e.datagram.kind.as_str().into(),
+                src: e.datagram.src,
+                dst: e.datagram.dst,
+                size: e.datagram.size,
+                from: incoming.then(|| LanMember {
+                    ip: *e.datagram.src.ip(),
+                    name: name_of(*e.datagram.src.ip()),
+                }),
+                sent_to: e
+                    .sent_to
+                    .iter()
+                    .map(|&ip| LanMember {
+                        ip,
+                        name: name_of(ip),
+                    })
+                    .collect(),
+                skipped: e
+                    .skipped
+                    .iter()
+                    .map(|&(ip, why)| LanSkipped {
+                        ip,
+                        name: name_of(ip),
+                        reason: why.as_str().into(),
+                    })
+                    .collect(),
+                dropped: e.dropped.map(|d| d.as_str().into()),
+            }
+        })
+        .collect();
+    Json(LanTrace { events }).into_response()
+}
+
+fn lan_status_of(view: &LanView) -> LanStatus {
+    let c = view.counters;
+    LanStatus {
+        settings: crate::lan::from_core(&view.settings),
+        forwarded_ports: view.ports.iter().copied().collect(),
+        forwarded_groups: view.groups.iter().copied().collect(),
+        default_ports: lanrage_core::lan::DEFAULT_PORTS.to_vec(),
+        profile_ports: view.profile_ports.iter().copied().collect(),
+        joined_groups: view.joined.iter().copied().collect(),
+        physical_capture: view.physical,
+        physical_error: view.physical_error.clone(),
+        counters: LanCounters {
+            captured: c.captured,
+            captured_physical: c.captured_physical,
+            forwarded: c.forwarded,
+            copies: c.copies,
+            received: c.received,
+            injected: c.injected,
+            not_forwarded: c.not_forwarded,
+            deduplicated: c.deduplicated,
+            rate_limited: c.rate_limited,
+            unsupported: c.unsupported,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -312,8 +438,8 @@ mod tests {
     const TOKEN: &str = "test-token";
 
     /// Serves the API on a loopback port with a supervisor stand-in that answers every
-    /// command; returns the address.
-    async fn serve_api() -> SocketAddr {
+    /// command; returns the address and the state directory (deleted when dropped).
+    async fn serve_api() -> (SocketAddr, tempfile::TempDir) {
         crate::install_tls_provider();
         let secret = StaticSecret::from([5u8; 32]);
         let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
@@ -341,14 +467,16 @@ mod tests {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = ApiState::new(tx, shared, dataplane, TOKEN.into(), addr.port());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).await.expect("state");
+        let state = ApiState::new(tx, shared, dataplane, store, TOKEN.into(), addr.port());
         tokio::spawn(serve(listener, state, std::future::pending()));
-        addr
+        (addr, dir)
     }
 
     #[tokio::test]
     async fn status_is_open_and_reports_no_party() {
-        let addr = serve_api().await;
+        let (addr, _dir) = serve_api().await;
         let resp = reqwest::get(format!("http://{addr}/v1/status"))
             .await
             .expect("get");
@@ -361,7 +489,7 @@ mod tests {
 
     #[tokio::test]
     async fn foreign_host_and_origin_are_refused() {
-        let addr = serve_api().await;
+        let (addr, _dir) = serve_api().await;
         let http = reqwest::Client::new();
         let url = format!("http://{addr}/v1/status");
         // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
@@ -400,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn mutating_calls_and_the_invite_need_the_token() {
-        let addr = serve_api().await;
+        let (addr, _dir) = serve_api().await;
         let http = reqwest::Client::new();
         for (method, path) in [
             (reqwest::Method::POST, "/v1/party/leave"),
@@ -456,5 +584,75 @@ mod tests {
             "{}",
             body.error
         );
+    }
+
+    #[tokio::test]
+    async fn lan_settings_are_validated_saved_and_applied() {
+        let (addr, dir) = serve_api().await;
+        let http = reqwest::Client::new();
+        let url = format!("http://{addr}/v1/lan/settings");
+        let post = |body: serde_json::Value, token: Option<&str>| {
+            let mut req = http.post(&url).json(&body);
+            if let Some(t) = token {
+                req = req.header(API_TOKEN_HEADER, t);
+            }
+            req.send()
+        };
+        let resp = post(serde_json::json!({"allow_ports": [27960]}), None)
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        for (body, needle) in [
+            (serde_json::json!({"allow_ports": [0]}), "port 0"),
+            (serde_json::json!({"allow_ports": ["x"]}), "allow_ports"),
+            (
+                serde_json::json!({"allow_groups": ["10.0.0.1"]}),
+                "10.0.0.1",
+            ),
+            (
+                serde_json::json!({"rate_bytes_per_s": 10}),
+                "rate_bytes_per_s",
+            ),
+            (serde_json::json!({"everything": true}), "everything"),
+        ] {
+            let resp = post(body.clone(), Some(TOKEN)).await.expect("send");
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+            let err: ErrorBody = resp.json().await.expect("error json");
+            assert!(err.error.contains(needle), "{body}: {}", err.error);
+        }
+        let resp = post(
+            serde_json::json!({"allow_ports": [27960], "allow_groups": ["239.1.2.3"], "rate_packets_per_s": 50}),
+            Some(TOKEN),
+        )
+        .await
+        .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let status: LanStatus = resp.json().await.expect("lan json");
+        assert!(status.forwarded_ports.contains(&27960));
+        assert!(status.forwarded_ports.contains(&7777), "defaults stay");
+        assert!(
+            status
+                .forwarded_groups
+                .contains(&std::net::Ipv4Addr::new(239, 1, 2, 3))
+        );
+        assert_eq!(status.settings.rate_packets_per_s, 50);
+        // Saved for the next start.
+        let store = Store::open(dir.path()).await.expect("state");
+        let saved = store.lan_settings().await.expect("read").expect("saved");
+        assert_eq!(saved, status.settings);
+        // And readable by anyone on the machine, as is the trace.
+        let resp = http
+            .get(format!("http://{addr}/v1/lan"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = http
+            .get(format!("http://{addr}/v1/lan/trace"))
+            .send()
+            .await
+            .expect("send");
+        let trace: LanTrace = resp.json().await.expect("trace json");
+        assert!(trace.events.is_empty());
     }
 }

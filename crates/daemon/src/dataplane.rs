@@ -19,7 +19,7 @@ use lanrage_core::turn::{Credentials, TurnClient};
 use lanrage_core::{Node, PacketClass, PeerStats, Route, classify};
 use lanrage_proto::DeviceKey;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 /// Name of the TUN interface.
@@ -40,6 +40,8 @@ const MAX_TURN: usize = 2;
 const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Datagrams from punching sockets waiting for the data-plane task.
 const SPARE_QUEUE: usize = 256;
+/// Packets caught on the physical interface waiting for the data-plane task.
+const PHYSICAL_QUEUE: usize = 256;
 
 /// One peer the data plane should have (checked by `lanrage_core::party::check_view`).
 pub use lanrage_core::party::CheckedPeer as PeerConfig;
@@ -83,11 +85,33 @@ enum Command {
     Stats {
         reply: oneshot::Sender<Snapshot>,
     },
+    /// What LAN emulation forwards (applies to the next packet).
+    SetLan(lanrage_core::lan::Settings),
+    /// LAN emulation's settings, counters and trace.
+    Lan {
+        reply: oneshot::Sender<LanView>,
+    },
     /// STUN servers (besides the configured ones) and TURN servers with credentials.
     SetIce {
         stun: Vec<SocketAddr>,
         turn: Vec<(SocketAddr, Credentials)>,
     },
+}
+
+/// LAN emulation as the data plane sees it.
+#[derive(Debug, Clone)]
+pub struct LanView {
+    pub settings: lanrage_core::lan::Settings,
+    pub ports: std::collections::BTreeSet<u16>,
+    pub groups: std::collections::BTreeSet<Ipv4Addr>,
+    pub profile_ports: std::collections::BTreeSet<u16>,
+    pub joined: std::collections::BTreeSet<Ipv4Addr>,
+    pub counters: lanrage_core::lan::Counters,
+    pub trace: Vec<lanrage_core::lan::Event>,
+    /// The instant the view was taken, for dating the trace.
+    pub now: Instant,
+    pub physical: bool,
+    pub physical_error: Option<String>,
 }
 
 /// A handle to the data-plane task.
@@ -117,6 +141,9 @@ impl DataPlane {
         node.set_mtu(mtu);
         let (tx, rx) = mpsc::channel(16);
         let (spare_tx, spare_rx) = mpsc::channel(SPARE_QUEUE);
+        let (physical_tx, physical_rx) = mpsc::channel(PHYSICAL_QUEUE);
+        let (routes, routes_rx) = watch::channel(None);
+        let route_sync = crate::lan::spawn_route_sync(routes_rx);
         let now = Instant::now();
         let task = Task {
             node,
@@ -142,6 +169,13 @@ impl DataPlane {
             offered_turn: Vec::new(),
             picker: RelayPicker::default(),
             igd: None,
+            routes,
+            route_sync,
+            physical: None,
+            physical_error: None,
+            physical_tx,
+            physical_rx,
+            tuns_created: 0,
         };
         let handle = tokio::spawn(task.run());
         Ok((Self { tx, port }, handle))
@@ -178,6 +212,18 @@ impl DataPlane {
         }
     }
 
+    /// Changes what LAN emulation forwards.
+    pub async fn set_lan(&self, settings: lanrage_core::lan::Settings) {
+        let _ = self.tx.send(Command::SetLan(settings)).await;
+    }
+
+    /// LAN emulation's state; `None` when the data plane has stopped.
+    pub async fn lan(&self) -> Option<LanView> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Lan { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
     pub async fn stats(&self) -> Snapshot {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Stats { reply }).await.is_err() {
@@ -189,6 +235,8 @@ impl DataPlane {
 
 struct Tun {
     dev: AsyncDevice,
+    /// Counts the TUNs this task created.
+    generation: u64,
     ip: Ipv4Addr,
     prefix: u8,
 }
@@ -226,6 +274,15 @@ struct Task {
     picker: RelayPicker,
     /// UPnP IGD, tried when the gateway answers neither PCP nor NAT-PMP.
     igd: Option<crate::igd::IgdMapper>,
+    /// The broadcast and multicast routes wanted in the TUN (see `crate::lan`).
+    routes: watch::Sender<Option<crate::lan::RouteWant>>,
+    route_sync: tokio::task::JoinHandle<()>,
+    /// The physical-interface catch, while LAN emulation wants it.
+    physical: Option<crate::lan::PhysicalCapture>,
+    physical_error: Option<String>,
+    physical_tx: mpsc::Sender<Vec<u8>>,
+    physical_rx: mpsc::Receiver<Vec<u8>>,
+    tuns_created: u64,
 }
 
 /// One punching socket: its receive loop hands WireGuard datagrams to the task.
@@ -295,6 +352,13 @@ impl Task {
                     // ICMP errors (port unreachable) surface here on Linux; not fatal.
                     Err(e) => tracing::trace!(error = %e, "udp receive error"),
                 },
+                Some(packet) = self.physical_rx.recv() => {
+                    let now = Instant::now();
+                    self.node.handle_physical_packet(&packet, now);
+                    while let Ok(packet) = self.physical_rx.try_recv() {
+                        self.node.handle_physical_packet(&packet, now);
+                    }
+                }
                 Some((index, from, data)) = self.spare_rx.recv() => {
                     let now = Instant::now();
                     self.node.handle_datagram(Route::Socket { index, peer: from }, &data, now);
@@ -321,8 +385,10 @@ impl Task {
                 },
                 () = tokio::time::sleep_until(deadline) => self.timeout(Instant::now()),
             }
+            self.sync_lan();
             self.flush().await;
         }
+
         // Hand the port back rather than leave it forwarded for the lease's hours.
         let release = self
             .portmap
@@ -334,7 +400,50 @@ impl Task {
         if let Some(igd) = self.igd.take() {
             igd.release().await;
         }
+        // The routes go with the interface; let a change under way finish.
+        self.physical = None;
+        let Task {
+            routes, route_sync, ..
+        } = self;
+        drop(routes);
+        let _ = route_sync.await;
         tracing::debug!("data plane stopped");
+    }
+
+    /// Brings the OS in line with LAN emulation: routes into the TUN, and the physical
+    /// catch on or off. Cheap when nothing changed.
+    fn sync_lan(&mut self) {
+        let lan = self.node.lan();
+        let want = self.tun.as_ref().map(|t| crate::lan::RouteWant {
+            tun: t.generation,
+            all: lan.settings().all,
+            groups: lan.groups(),
+        });
+        self.routes.send_if_modified(|current| {
+            let changed = *current != want;
+            if changed {
+                current.clone_from(&want);
+            }
+            changed
+        });
+        let physical = self.tun.is_some() && lan.wants_physical();
+        if physical && self.physical.is_none() && self.physical_error.is_none() {
+            match crate::lan::PhysicalCapture::start(self.physical_tx.clone()) {
+                Ok(c) => {
+                    tracing::info!("catching LAN discovery on the physical interfaces");
+                    self.physical = Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot catch LAN discovery on the physical interfaces (needs CAP_NET_RAW)");
+                    self.physical_error = Some(format!(
+                        "cannot open a packet socket: {e} (run as root or grant CAP_NET_RAW)"
+                    ));
+                }
+            }
+        } else if !physical {
+            self.physical = None;
+            self.physical_error = None;
+        }
     }
 
     fn poll_timeout(&self) -> Instant {
@@ -729,6 +838,22 @@ impl Task {
                 });
             }
             Command::SetIce { stun, turn } => self.set_ice(stun, turn, now),
+            Command::SetLan(settings) => self.node.lan_mut().set_settings(settings),
+            Command::Lan { reply } => {
+                let lan = self.node.lan();
+                let _ = reply.send(LanView {
+                    settings: lan.settings().clone(),
+                    ports: lan.ports(),
+                    groups: lan.groups(),
+                    profile_ports: lan.profile().ports.clone(),
+                    joined: lan.joined().clone(),
+                    counters: lan.counters(),
+                    trace: lan.trace().cloned().collect(),
+                    now,
+                    physical: self.physical.is_some(),
+                    physical_error: self.physical_error.clone(),
+                });
+            }
         }
     }
 
@@ -752,7 +877,13 @@ impl Task {
             })?;
         disable_ipv6();
         tracing::info!(%ip, prefix, "interface {TUN_NAME} up");
-        self.tun = Some(Tun { dev, ip, prefix });
+        self.tuns_created += 1;
+        self.tun = Some(Tun {
+            dev,
+            generation: self.tuns_created,
+            ip,
+            prefix,
+        });
         Ok(())
     }
 }

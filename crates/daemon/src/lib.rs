@@ -15,6 +15,7 @@ mod config;
 mod control_client;
 mod dataplane;
 mod igd;
+mod lan;
 mod net;
 mod state;
 mod supervisor;

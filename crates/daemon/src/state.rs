@@ -173,6 +173,37 @@ impl State {
         Ok(())
     }
 
+    /// The player's LAN emulation settings, if ever changed.
+    pub async fn lan_settings(&self) -> anyhow::Result<Option<lanrage_proto::local::LanSettings>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = 'lan'")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let value: String = row.try_get(0)?;
+        match serde_json::from_str(&value) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved LAN settings are unreadable; using defaults");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Saves the LAN emulation settings (one transaction: the old ones stay on failure).
+    pub async fn set_lan_settings(
+        &self,
+        settings: &lanrage_proto::local::LanSettings,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ('lan', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(serde_json::to_string(settings)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Path of the embedded control plane's database (host mode).
     pub fn control_db_url(&self) -> String {
         format!("sqlite://{}", self.dir.join("control.db").display())

@@ -149,6 +149,9 @@ pub async fn run(
         config.port_mapping,
     )
     .await?;
+    if let Some(lan) = state.lan_settings().await? {
+        dataplane.set_lan(crate::lan::to_core(&lan)).await;
+    }
     let shared = Arc::new(RwLock::new(Shared {
         key,
         name: name.clone(),
@@ -169,6 +172,7 @@ pub async fn run(
             cmd_tx,
             Arc::clone(&shared),
             dataplane.clone(),
+            state.clone(),
             api_token,
             api_addr.port(),
         ),

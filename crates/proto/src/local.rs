@@ -1,6 +1,6 @@
 //! The daemon's local API (loopback only), shared by the daemon and the CLI.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
@@ -197,4 +197,126 @@ pub struct InviteResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalError {
     pub error: String,
+}
+
+/// LAN emulation settings the player controls (`lanrage lan …`), kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanSettings {
+    /// Forward every UDP port and every multicast group.
+    #[serde(default)]
+    pub all: bool,
+    /// Also catch discovery sent out of the physical interface.
+    #[serde(default)]
+    pub physical: bool,
+    /// The allow-list of UDP ports, besides the defaults and the running games' profiles.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// The allow-list of multicast groups.
+    #[serde(default)]
+    pub groups: Vec<Ipv4Addr>,
+    /// Per-source limits against broadcast storms.
+    pub rate_packets_per_s: u32,
+    pub rate_bytes_per_s: u32,
+}
+
+/// `POST /v1/lan/settings`: a change; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_groups: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_groups: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_packets_per_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_s: Option<u32>,
+}
+
+/// `GET /v1/lan`: what is forwarded and the counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanStatus {
+    pub settings: LanSettings,
+    /// Every forwarded port: defaults, allow-list and running games' profiles (unless
+    /// `settings.all`).
+    pub forwarded_ports: Vec<u16>,
+    /// Every multicast group routed into the party.
+    pub forwarded_groups: Vec<Ipv4Addr>,
+    pub default_ports: Vec<u16>,
+    pub profile_ports: Vec<u16>,
+    /// Groups local programs joined on the party interface.
+    pub joined_groups: Vec<Ipv4Addr>,
+    /// Whether the physical interface is watched, and why not if it should be.
+    pub physical_capture: bool,
+    pub physical_error: Option<String>,
+    pub counters: LanCounters,
+}
+
+/// LAN emulation counters since the daemon started.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct LanCounters {
+    pub captured: u64,
+    pub captured_physical: u64,
+    pub forwarded: u64,
+    /// Copies sent, one per recipient.
+    pub copies: u64,
+    pub received: u64,
+    pub injected: u64,
+    pub not_forwarded: u64,
+    pub deduplicated: u64,
+    pub rate_limited: u64,
+    pub unsupported: u64,
+}
+
+/// `GET /v1/lan/trace`: the last broadcast and multicast events, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanTrace {
+    pub events: Vec<LanEvent>,
+}
+
+/// One broadcast or multicast packet and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanEvent {
+    pub at_unix_ms: u64,
+    /// `out` (this device sent it) or `in` (a member sent it).
+    pub direction: String,
+    /// `tun`, `physical` or `peer`.
+    pub via: String,
+    /// `broadcast`, `limited-broadcast` or `multicast`.
+    pub kind: String,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub size: usize,
+    /// Who sent it, for `in` events.
+    pub from: Option<LanMember>,
+    /// Members it was sent to, for `out` events.
+    pub sent_to: Vec<LanMember>,
+    /// Members it was not sent to, and why.
+    pub skipped: Vec<LanSkipped>,
+    /// Why the packet was dropped as a whole: `port not forwarded`, `duplicate`,
+    /// `rate limited`, …; for `in` events, absent means written to the party interface.
+    pub dropped: Option<String>,
+}
+
+/// A party member named in a trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanMember {
+    pub ip: Ipv4Addr,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanSkipped {
+    pub ip: Ipv4Addr,
+    pub name: Option<String>,
+    pub reason: String,
 }

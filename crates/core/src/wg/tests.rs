@@ -164,6 +164,7 @@ fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     p.extend_from_slice(payload);
     let total = u16::try_from(p.len()).expect("small");
     p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[24..26].copy_from_slice(&(total - 20).to_be_bytes());
     p
 }
 
@@ -524,4 +525,42 @@ fn no_birthday_punching_without_a_hard_and_an_easy_nat_or_with_a_direct_path() {
     assert!(pair.a.has_session(&kb));
     assert_eq!(spray_counts(&pair, pair.a_addr), (0, 0));
     assert_eq!(spray_counts(&pair, pair.b_addr), (0, 0));
+}
+
+#[test]
+fn a_broadcast_reaches_the_peer_once_and_is_never_sent_back() {
+    let mut pair = Pair::new(Duration::from_millis(2));
+    // Before any session: nobody is connected, so the announcement goes nowhere.
+    let early = udp_packet(A_IP, Ipv4Addr::new(10, 66, 255, 255), b"too early");
+    pair.a.handle_tun_packet(&early, pair.now);
+    assert_eq!(
+        pair.a.lan().trace().last().map(|e| e.skipped.clone()),
+        Some(vec![(B_IP, lan::Drop::NotConnected)])
+    );
+    pair.a_sends(b"handshake first");
+    pair.drive(Duration::from_millis(200));
+    pair.b_tun.clear();
+    let wire_before = pair.wire.len();
+    let lobby = udp_packet(A_IP, Ipv4Addr::new(10, 66, 255, 255), b"lobby");
+    pair.a.handle_tun_packet(&lobby, pair.now);
+    pair.drive(Duration::from_millis(50));
+    assert_eq!(pair.b_tun, vec![lobby.clone()], "delivered once, unchanged");
+    assert_eq!(pair.wire.len(), wire_before + 1, "one copy on the wire");
+    // B's kernel (or a reflector) hands the packet back to B's TUN reader: it is A's, so
+    // B does not carry it anywhere.
+    let wire_before = pair.wire.len();
+    pair.b.handle_tun_packet(&lobby, pair.now);
+    pair.drive(Duration::from_millis(50));
+    assert_eq!(pair.wire.len(), wire_before);
+    assert!(pair.a_tun.is_empty());
+    let (a, b) = (pair.a.lan().counters(), pair.b.lan().counters());
+    assert_eq!((a.forwarded, a.copies), (1, 1));
+    assert_eq!((b.received, b.injected, b.captured), (1, 1, 0));
+    // A port nobody forwards stays home.
+    let mut other = lobby.clone();
+    other[22..24].copy_from_slice(&9u16.to_be_bytes());
+    pair.a.handle_tun_packet(&other, pair.now);
+    pair.drive(Duration::from_millis(50));
+    assert_eq!(pair.b_tun.len(), 1);
+    assert_eq!(pair.a.lan().counters().not_forwarded, 1);
 }
