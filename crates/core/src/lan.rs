@@ -130,7 +130,7 @@ pub fn classify(packet: &[u8], broadcast: Option<Ipv4Addr>) -> Class {
             let Some(udp) = packet.get(ip.header_len..ip.total_len) else {
                 return Class::Unsupported("malformed");
             };
-            if udp.len() < 8 || usize::from(u16::from_be_bytes([udp[4], udp[5]])) > udp.len() {
+            if udp_length(udp).is_none() {
                 return Class::Unsupported("malformed");
             }
             Class::Lan(Datagram {
@@ -616,15 +616,12 @@ pub fn from_physical(packet: &[u8], local: Ipv4Addr, party_broadcast: Ipv4Addr) 
     out[10..12].copy_from_slice(&[0, 0]);
     let sum = checksum(&[&out[..ip.header_len]]);
     out[10..12].copy_from_slice(&sum.to_be_bytes());
-    let udp_len = ip.total_len - ip.header_len;
-    if udp_len < 8 {
-        return None;
-    }
     let (header, udp) = out.split_at_mut(ip.header_len);
+    let udp_len = udp_length(udp)?;
     udp[6..8].copy_from_slice(&[0, 0]);
     let len = u16::try_from(udp_len).ok()?.to_be_bytes();
     let pseudo = [&header[12..20], &[0, PROTO_UDP], &len[..]].concat();
-    let sum = match checksum(&[&pseudo, udp]) {
+    let sum = match checksum(&[&pseudo, &udp[..udp_len]]) {
         0 => 0xffff, // RFC 768: a computed zero is sent as all ones
         s => s,
     };
@@ -663,6 +660,12 @@ impl Ipv4 {
             fragmented: flags_frag & 0x3fff != 0,
         })
     }
+}
+
+/// The UDP length field, when it is at least a header and within the IP payload `udp`.
+fn udp_length(udp: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    (len >= 8 && len <= udp.len()).then_some(len)
 }
 
 fn ipv4_header_len(p: &[u8]) -> usize {

@@ -78,6 +78,10 @@ fn non_udp_fragments_and_malformed_packets_are_not_carried() {
     let mut short_udp = udp(PARTY_BCAST, 7777, b"x");
     short_udp[24..26].copy_from_slice(&200u16.to_be_bytes()); // UDP length beyond the packet
     assert_eq!(classify(&short_udp, b), Class::Unsupported("malformed"));
+    let mut tiny_udp = udp(PARTY_BCAST, 7777, b"x");
+    tiny_udp[24..26].copy_from_slice(&4u16.to_be_bytes()); // shorter than its own header
+    assert_eq!(classify(&tiny_udp, b), Class::Unsupported("malformed"));
+    assert_eq!(from_physical(&tiny_udp, ME, PARTY_BCAST), None);
     let mut long_total = udp(PARTY_BCAST, 7777, b"x");
     long_total[2..4].copy_from_slice(&500u16.to_be_bytes());
     assert_eq!(classify(&long_total, b), Class::NotLan);
