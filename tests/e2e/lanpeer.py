@@ -46,7 +46,12 @@ def listen(args):
         mreq = struct.pack("4s4s", socket.inet_aton(args.group), iface)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
     emit({"listening": args.port})
-    end = time.monotonic() + args.seconds
+    print_datagrams(s, args.seconds, args.reply)
+
+
+def print_datagrams(s, seconds, reply=False):
+    """Prints every datagram that arrives within `seconds`, answering it when asked."""
+    end = time.monotonic() + seconds
     while True:
         left = end - time.monotonic()
         if left <= 0:
@@ -57,7 +62,7 @@ def listen(args):
         except socket.timeout:
             return
         emit({"from": f"{addr[0]}:{addr[1]}", "data": data.decode(errors="replace")})
-        if args.reply:
+        if reply:
             s.sendto(b"reply:" + data, addr)
 
 
@@ -76,17 +81,7 @@ def send(args):
             pause = due - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-    end = time.monotonic() + args.wait
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return
-        s.settimeout(left)
-        try:
-            data, addr = s.recvfrom(65535)
-        except socket.timeout:
-            return
-        emit({"from": f"{addr[0]}:{addr[1]}", "data": data.decode(errors="replace")})
+    print_datagrams(s, args.wait)
 
 
 def pingpong(args):

@@ -211,26 +211,8 @@ pub struct Event {
     pub dropped: Option<Drop>,
 }
 
-/// Counters of LAN emulation, since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Broadcast/multicast UDP packets this device sent (TUN or physical).
-    pub captured: u64,
-    /// Of those, caught on the physical interface.
-    pub captured_physical: u64,
-    /// Captured packets sent to at least one peer.
-    pub forwarded: u64,
-    /// Copies sent, one per recipient.
-    pub copies: u64,
-    /// Packets that arrived from peers.
-    pub received: u64,
-    /// Of those, written to the TUN.
-    pub injected: u64,
-    pub not_forwarded: u64,
-    pub deduplicated: u64,
-    pub rate_limited: u64,
-    pub unsupported: u64,
-}
+/// Counters of LAN emulation, since start (the local API's shape).
+pub use lanrage_proto::local::LanCounters as Counters;
 
 /// What is forwarded, from each source the daemon combines.
 #[derive(Debug, Clone, PartialEq, Eq)]

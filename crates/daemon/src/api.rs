@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanrage_proto::local::{
-    API_TOKEN_HEADER, BindingLifetime, CreateRequest, JoinRequest, KickRequest, LanCounters,
-    LanEvent, LanMember, LanSkipped, LanStatus, LanTrace, LanUpdate, LocalError as ErrorBody,
-    LockRequest, MemberStatus, NatStatus, PartyStatus, PathKind, PortMappingStatus, Status,
-    WireguardPeer, WireguardStatus,
+    API_TOKEN_HEADER, BindingLifetime, CreateRequest, JoinRequest, KickRequest, LanEvent,
+    LanMember, LanSkipped, LanStatus, LanTrace, LanUpdate, LocalError as ErrorBody, LockRequest,
+    MemberStatus, NatStatus, PartyStatus, PathKind, PortMappingStatus, Status, WireguardPeer,
+    WireguardStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, mpsc, oneshot};
@@ -400,7 +400,6 @@ async fn lan_trace(State(st): State<ApiState>) -> Response {
 }
 
 fn lan_status_of(view: &LanView) -> LanStatus {
-    let c = view.counters;
     LanStatus {
         settings: crate::lan::from_core(&view.settings),
         forwarded_ports: view.ports.iter().copied().collect(),
@@ -410,18 +409,7 @@ fn lan_status_of(view: &LanView) -> LanStatus {
         joined_groups: view.joined.iter().copied().collect(),
         physical_capture: view.physical,
         physical_error: view.physical_error.clone(),
-        counters: LanCounters {
-            captured: c.captured,
-            captured_physical: c.captured_physical,
-            forwarded: c.forwarded,
-            copies: c.copies,
-            received: c.received,
-            injected: c.injected,
-            not_forwarded: c.not_forwarded,
-            deduplicated: c.deduplicated,
-            rate_limited: c.rate_limited,
-            unsupported: c.unsupported,
-        },
+        counters: view.counters,
     }
 }
 

@@ -138,67 +138,71 @@ impl State {
 
     /// The saved membership, if any.
     pub async fn membership(&self) -> anyhow::Result<Option<Membership>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = 'membership'")
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let value: String = row.try_get(0)?;
-        match serde_json::from_str(&value) {
-            Ok(m) => Ok(Some(m)),
-            Err(e) => {
-                tracing::warn!(error = %e, "the saved membership is unreadable; ignoring it");
-                Ok(None)
-            }
-        }
+        self.setting(
+            "membership",
+            "the saved membership is unreadable; ignoring it",
+        )
+        .await
     }
 
     /// Saves or clears the membership.
     pub async fn set_membership(&self, m: Option<&Membership>) -> anyhow::Result<()> {
         match m {
-            Some(m) => {
-                sqlx::query(
-                    "INSERT INTO settings (key, value) VALUES ('membership', $1) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(serde_json::to_string(m)?)
-                .execute(&self.pool)
-                .await?;
-            }
+            Some(m) => self.set_setting("membership", m).await,
             None => {
                 sqlx::query("DELETE FROM settings WHERE key = 'membership'")
                     .execute(&self.pool)
                     .await?;
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// The player's LAN emulation settings, if ever changed.
     pub async fn lan_settings(&self) -> anyhow::Result<Option<lanrage_proto::local::LanSettings>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = 'lan'")
+        self.setting(
+            "lan",
+            "the saved LAN settings are unreadable; using defaults",
+        )
+        .await
+    }
+
+    /// Saves the LAN emulation settings (one statement: the old ones stay on failure).
+    pub async fn set_lan_settings(
+        &self,
+        settings: &lanrage_proto::local::LanSettings,
+    ) -> anyhow::Result<()> {
+        self.set_setting("lan", settings).await
+    }
+
+    /// A JSON value from the settings table; an unreadable one is logged and ignored.
+    async fn setting<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        unreadable: &'static str,
+    ) -> anyhow::Result<Option<T>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
         let value: String = row.try_get(0)?;
         match serde_json::from_str(&value) {
-            Ok(s) => Ok(Some(s)),
+            Ok(v) => Ok(Some(v)),
             Err(e) => {
-                tracing::warn!(error = %e, "the saved LAN settings are unreadable; using defaults");
+                tracing::warn!(error = %e, key, "{unreadable}");
                 Ok(None)
             }
         }
     }
 
-    /// Saves the LAN emulation settings (one transaction: the old ones stay on failure).
-    pub async fn set_lan_settings(
-        &self,
-        settings: &lanrage_proto::local::LanSettings,
-    ) -> anyhow::Result<()> {
+    async fn set_setting<T: Serialize>(&self, key: &str, value: &T) -> anyhow::Result<()> {
         sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ('lan', $1) \
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
-        .bind(serde_json::to_string(settings)?)
+        .bind(key)
+        .bind(serde_json::to_string(value)?)
         .execute(&self.pool)
         .await?;
         Ok(())

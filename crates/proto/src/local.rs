@@ -262,18 +262,25 @@ pub struct LanStatus {
 }
 
 /// LAN emulation counters since the daemon started.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LanCounters {
+    /// Broadcast/multicast UDP packets this device sent (TUN or physical).
     pub captured: u64,
+    /// Of those, caught on the physical interface.
     pub captured_physical: u64,
+    /// Captured packets sent to at least one member.
     pub forwarded: u64,
     /// Copies sent, one per recipient.
     pub copies: u64,
+    /// Packets that arrived from members.
     pub received: u64,
+    /// Of those, written to the party interface.
     pub injected: u64,
+    /// Captured packets to a port (or group) not forwarded.
     pub not_forwarded: u64,
     pub deduplicated: u64,
     pub rate_limited: u64,
+    /// Not UDP, fragmented or malformed.
     pub unsupported: u64,
 }
 
