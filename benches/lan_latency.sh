@@ -97,11 +97,13 @@ wait_until 10 grep -q listening "$TMP/listener.out" || die "listener did not sta
 nsx "$NS_B" python3 "$PEER" pingpong "$A_IP" 27015 --count 20 --interval 0.01 >/dev/null   # warm up
 
 summary() {   # file -> "median p99 lost"
-    awk '$1 == "lost" {l++; next} {a[++n] = $1} END {
-        if (n == 0) { print "nan nan " l + 0; exit }
-        asort(a); med = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        i = int(0.99 * n); if (i < 0.99 * n) i++
-        printf "%d %d %d\n", med, a[i], l + 0 }' "$1"
+    local lost
+    lost=$(grep -c '^lost$' "$1")
+    grep -v '^lost$' "$1" | sort -n | awk -v lost="$lost" '{a[NR] = $1} END {
+        if (NR == 0) { print "nan nan " lost; exit }
+        med = (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)
+        i = int(0.99 * NR); if (i < 0.99 * NR) i++
+        printf "%d %d %d\n", med, a[i], lost }'
 }
 declare -A MED P99 LOST
 for kind in unicast broadcast; do
