@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod demux;
+pub mod games;
 pub mod lan;
 pub mod lifetime;
 pub mod packet;

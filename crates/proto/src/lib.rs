@@ -2,6 +2,7 @@
 //! API, the WebSocket messages and the daemon's local API. No I/O, no clocks.
 
 pub mod api;
+pub mod games;
 pub mod ids;
 pub mod invite;
 pub mod local;
