@@ -322,6 +322,11 @@ impl Index {
         self.profiles.is_empty()
     }
 
+    /// Whether some profile lists this port (only those sockets need an owner).
+    pub fn watches_port(&self, transport: Transport, port: u16) -> bool {
+        self.ports.contains_key(&(transport, port))
+    }
+
     pub fn get(&self, id: &str) -> Option<&Profile> {
         self.by_id.get(id).map(|&i| &self.profiles[i])
     }
@@ -804,6 +809,9 @@ fn smallest(a: Option<u16>, b: Option<u16>) -> Option<u16> {
         (x, y) => x.or(y),
     }
 }
+
+pub mod builtin;
+pub mod steam;
 
 #[cfg(test)]
 mod tests;

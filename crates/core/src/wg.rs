@@ -139,6 +139,9 @@ impl std::fmt::Display for Route {
 pub struct Transmit {
     pub dst: Route,
     pub payload: Vec<u8>,
+    /// Carries a high-priority game's packet: sent before everything else and marked
+    /// DSCP EF on the wire.
+    pub priority: bool,
 }
 
 /// Node-wide counters of packets that were dropped, by reason.
@@ -193,6 +196,12 @@ pub struct Node {
     by_index: HashMap<u32, DeviceKey>,
     transmits: VecDeque<Transmit>,
     to_tun: VecDeque<Vec<u8>>,
+    /// Game traffic on the running games' priority ports, served before the queues above.
+    priority_transmits: VecDeque<Transmit>,
+    priority_tun: VecDeque<Vec<u8>>,
+    priority_ports: crate::games::Ports,
+    /// Set while the packet being encrypted is priority traffic.
+    sending_priority: bool,
     epoch: Instant,
     /// The latest injected time.
     now: Instant,
@@ -502,6 +511,10 @@ impl Node {
             by_index: HashMap::new(),
             transmits: VecDeque::new(),
             to_tun: VecDeque::new(),
+            priority_transmits: VecDeque::new(),
+            priority_tun: VecDeque::new(),
+            priority_ports: crate::games::Ports::default(),
+            sending_priority: false,
             epoch: now,
             now,
             next_tick: now,
@@ -550,6 +563,16 @@ impl Node {
     /// Sets the TUN MTU that outgoing packets are padded up to (whitepaper §5.4.6).
     pub fn set_mtu(&mut self, mtu: u16) {
         self.mtu = MtuWatcher::new(mtu);
+    }
+
+    /// Sets the ports whose packets (TCP or UDP, either direction) are game traffic: queued
+    /// ahead of everything else and flagged [`Transmit::priority`].
+    pub fn set_priority_ports(&mut self, ports: crate::games::Ports) {
+        self.priority_ports = ports;
+    }
+
+    pub fn priority_ports(&self) -> &crate::games::Ports {
+        &self.priority_ports
     }
 
     /// Sets the keepalive: how often paths that never answered are probed once the first
@@ -948,12 +971,16 @@ impl Node {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.priority_transmits
+            .pop_front()
+            .or_else(|| self.transmits.pop_front())
     }
 
     /// The next decrypted packet to write to the TUN.
     pub fn poll_tun(&mut self) -> Option<Vec<u8>> {
-        self.to_tun.pop_front()
+        self.priority_tun
+            .pop_front()
+            .or_else(|| self.to_tun.pop_front())
     }
 
     /// Drop counters.
@@ -1013,9 +1040,11 @@ impl Node {
     }
 
     fn send_to_peer(&mut self, key: DeviceKey, packet: &[u8], now: Instant) {
+        self.sending_priority = crate::games::is_priority(packet, &self.priority_ports);
         if let Some(wg) = self.encrypt(key, packet, now) {
             self.queue_wg(key, wg);
         }
+        self.sending_priority = false;
     }
 
     /// Encrypts `packet` for `key` and sends it on `route` rather than the peer's endpoint.
@@ -1040,9 +1069,10 @@ impl Node {
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.tx_bytes += payload.len() as u64;
         }
-        self.transmits.push_back(Transmit {
+        self.push(Transmit {
             dst: route,
             payload,
+            priority: false,
         });
     }
 
@@ -1103,12 +1133,12 @@ impl Node {
         if Some(dst) != self.local_ip {
             // A peer's broadcast or multicast: into the TUN (never on to other peers).
             if self.lan.receive(inner, self.broadcast, now).is_ok() {
-                self.to_tun.push_back(inner.to_vec());
+                self.push_tun(inner);
             }
             return;
         }
         let Some(probe) = packet::parse_probe(inner) else {
-            self.to_tun.push_back(inner.to_vec());
+            self.push_tun(inner);
             return;
         };
         match probe.kind {
@@ -1176,12 +1206,21 @@ impl Node {
         let payload = AsRef::<[u8]>::as_ref(&bytes).to_vec();
         peer.tx_bytes += payload.len() as u64;
         match peer.endpoint {
-            Some(dst) => self.transmits.push_back(Transmit { dst, payload }),
+            Some(dst) => {
+                let priority = self.sending_priority;
+                self.push(Transmit {
+                    dst,
+                    payload,
+                    priority,
+                });
+            }
             None => {
-                for path in &peer.paths {
-                    self.transmits.push_back(Transmit {
-                        dst: path.route,
+                let routes: Vec<Route> = peer.paths.iter().map(|p| p.route).collect();
+                for dst in routes {
+                    self.push(Transmit {
+                        dst,
                         payload: payload.clone(),
+                        priority: false,
                     });
                 }
             }
@@ -1190,10 +1229,28 @@ impl Node {
 
     fn push_transmit(&mut self, dst: Route, wg: WgKind) {
         let bytes: Packet = wg.into();
-        self.transmits.push_back(Transmit {
+        self.push(Transmit {
             dst,
             payload: AsRef::<[u8]>::as_ref(&bytes).to_vec(),
+            priority: false,
         });
+    }
+
+    fn push(&mut self, t: Transmit) {
+        if t.priority {
+            self.priority_transmits.push_back(t);
+        } else {
+            self.transmits.push_back(t);
+        }
+    }
+
+    /// Queues a decrypted packet for the TUN, game traffic first.
+    fn push_tun(&mut self, packet: &[u8]) {
+        if crate::games::is_priority(packet, &self.priority_ports) {
+            self.priority_tun.push_back(packet.to_vec());
+        } else {
+            self.to_tun.push_back(packet.to_vec());
+        }
     }
 }
 

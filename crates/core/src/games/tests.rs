@@ -578,3 +578,82 @@ fn a_user_profile_overrides_the_shipped_one_with_the_same_id() {
     );
     assert!(d.match_process(&proc(1, "my0ad", None, &[])).is_some());
 }
+
+fn shipped() -> Vec<Profile> {
+    let mut all = Vec::new();
+    for (genre, text) in builtin::FILES {
+        let (ok, errs) = parse_file(text, &format!("profiles/{genre}.toml"), genre, "built-in");
+        assert!(errs.is_empty(), "{errs:#?}");
+        all.extend(ok);
+    }
+    all
+}
+
+#[test]
+fn every_shipped_profile_passes_validation_and_every_file_is_embedded() {
+    let all = shipped();
+    assert!(all.len() >= 150, "{} profiles", all.len());
+    let ids: BTreeSet<&str> = all.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids.len(), all.len(), "ids are unique across files");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("profiles/")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let stem = p.file_stem()?.to_string_lossy().into_owned();
+            (p.extension()? == "toml").then_some(stem)
+        })
+        .collect();
+    on_disk.sort();
+    let embedded: Vec<String> = builtin::FILES
+        .iter()
+        .map(|(g, _)| (*g).to_owned())
+        .collect();
+    assert_eq!(
+        embedded, on_disk,
+        "builtin.rs lists exactly the files in profiles/"
+    );
+    for p in &all {
+        assert!(
+            !p.ports.is_empty(),
+            "{}: a game without ports cannot be tuned",
+            p.id
+        );
+    }
+}
+
+#[test]
+fn the_match_table_holds_against_the_shipped_profiles() {
+    let mut d = Detector::new(Index::new(shipped()));
+    let mut checked = 0;
+    for (n, line) in include_str!("match_table.txt").lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cols.len(), 3, "line {}: {line}", n + 1);
+        let (name, arg, want) = (cols[0], cols[1], cols[2]);
+        let mut cmd = vec![name.to_owned()];
+        if arg != "-" {
+            cmd.push(arg.to_owned());
+        }
+        // The kernel's `comm` is the name cut to 15 bytes.
+        let comm: String = name
+            .char_indices()
+            .take_while(|(i, c)| i + c.len_utf8() <= 15)
+            .map(|(_, c)| c)
+            .collect();
+        let p = Process {
+            pid: 1,
+            name: comm,
+            exe: None,
+            cmd,
+        };
+        let got = d.match_process(&p).map(|(p, _)| p.id.clone());
+        let want = (want != "none").then(|| want.to_owned());
+        assert_eq!(got, want, "line {}: {line}", n + 1);
+        checked += 1;
+    }
+    assert!(checked >= 50, "{checked} cases");
+}

@@ -564,3 +564,47 @@ fn a_broadcast_reaches_the_peer_once_and_is_never_sent_back() {
     assert_eq!(pair.b_tun.len(), 1);
     assert_eq!(pair.a.lan().counters().not_forwarded, 1);
 }
+
+#[test]
+fn game_packets_overtake_bulk_both_ways_and_are_flagged_for_dscp() {
+    let mut pair = Pair::new(Duration::from_millis(2));
+    pair.a_sends(b"handshake first");
+    pair.drive(Duration::from_millis(200));
+    pair.b_tun.clear();
+    let ports = crate::games::Ports::new([lanrage_proto::games::PortRange::one(27960)]);
+    pair.a.set_priority_ports(ports.clone());
+    pair.b.set_priority_ports(ports);
+    let on_port = |p: &[u8], port: u16| {
+        let mut p = p.to_vec();
+        p[22..24].copy_from_slice(&port.to_be_bytes());
+        p
+    };
+    // 50 bulk packets queued, then one game packet: it leaves first, flagged.
+    for i in 0..50u8 {
+        pair.a
+            .handle_tun_packet(&udp_packet(A_IP, B_IP, &[i; 64]), pair.now);
+    }
+    let game = on_port(&udp_packet(A_IP, B_IP, b"game"), 27960);
+    pair.a.handle_tun_packet(&game, pair.now);
+    let first = pair.a.poll_transmit().expect("queued");
+    assert!(
+        first.priority,
+        "the game packet is sent before the bulk ahead of it"
+    );
+    let rest: Vec<Transmit> = std::iter::from_fn(|| pair.a.poll_transmit()).collect();
+    assert_eq!(rest.len(), 50);
+    assert!(rest.iter().all(|t| !t.priority));
+    // On B, the game packet is written to the TUN before the bulk decrypted with it.
+    for t in rest {
+        pair.b
+            .handle_datagram(Route::Direct(pair.a_addr), &t.payload, pair.now);
+    }
+    pair.b
+        .handle_datagram(Route::Direct(pair.a_addr), &first.payload, pair.now);
+    assert_eq!(pair.b.poll_tun().as_deref(), Some(game.as_slice()));
+    assert_eq!(std::iter::from_fn(|| pair.b.poll_tun()).count(), 50);
+    // Without priority ports nothing is flagged.
+    pair.a.set_priority_ports(crate::games::Ports::default());
+    pair.a.handle_tun_packet(&game, pair.now);
+    assert!(!pair.a.poll_transmit().expect("queued").priority);
+}
