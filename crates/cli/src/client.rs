@@ -244,8 +244,8 @@ fn print_status(s: &Status) {
         return;
     }
     println!(
-        "{:<20} {:<15} {:<12} {:>10}  {:<7} ENDPOINT",
-        "NAME", "VIRTUAL IP", "PATH", "LATENCY", "ONLINE"
+        "{:<20} {:<15} {:<12} {:>10}  {:<7} {:<22} PLAYING",
+        "NAME", "VIRTUAL IP", "PATH", "LATENCY", "ONLINE", "ENDPOINT"
     );
     for m in &p.members {
         let latency = m
@@ -256,14 +256,20 @@ fn print_status(s: &Status) {
             .endpoint
             .map(|e| e.to_string())
             .unwrap_or_else(|| "-".into());
+        let playing: Vec<&str> = m.games.iter().map(|g| g.name.as_str()).collect();
         println!(
-            "{:<20} {:<15} {:<12} {:>10}  {:<7} {}",
+            "{:<20} {:<15} {:<12} {:>10}  {:<7} {:<22} {}",
             m.name,
             m.virtual_ip,
             m.path.as_str(),
             latency,
             if m.online { "yes" } else { "away" },
-            endpoint
+            endpoint,
+            if playing.is_empty() {
+                "-".to_owned()
+            } else {
+                playing.join(", ")
+            }
         );
     }
 }

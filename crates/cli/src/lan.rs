@@ -140,7 +140,11 @@ async fn update(c: &LocalClient, u: LanUpdate) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_json_or<T: serde::Serialize>(json: bool, v: &T, human: impl Fn(&T)) -> anyhow::Result<()> {
+pub(crate) fn print_json_or<T: serde::Serialize>(
+    json: bool,
+    v: &T,
+    human: impl Fn(&T),
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {

@@ -2,6 +2,7 @@
 //! plane, or the local API client; nothing else lives here.
 
 mod client;
+mod games;
 mod lan;
 
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +44,17 @@ enum Cmd {
     Lan {
         #[command(subcommand)]
         action: Option<lan::LanCmd>,
+        #[command(flatten)]
+        local: client::LocalArgs,
+    },
+    /// Games: what runs here (`lanrage games --json`), what is tuned for it, the
+    /// profiles, the history and the Steam library.
+    Games {
+        #[command(subcommand)]
+        action: Option<games::GamesCmd>,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(flatten)]
         local: client::LocalArgs,
     },
@@ -98,6 +110,13 @@ struct UpArgs {
     /// Host mode: run no relay (guests behind two strict NATs then cannot connect).
     #[arg(long, env = "LANRAGE_NO_HOST_RELAY")]
     no_host_relay: bool,
+    /// A directory of your own game profiles (`*.toml`), besides STATE_DIR/profiles;
+    /// they override shipped profiles with the same id. Repeatable.
+    #[arg(long = "profiles", env = "LANRAGE_PROFILES", value_name = "DIR")]
+    profiles: Vec<std::path::PathBuf>,
+    /// Seconds between looks for running games; 0 turns game detection off.
+    #[arg(long, env = "LANRAGE_GAME_SCAN", default_value_t = 5.0)]
+    game_scan: f64,
 }
 
 #[derive(clap::Args)]
@@ -256,6 +275,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Lan { action, local } => lan::run(&client::LocalClient::new(&local), action).await,
+        Cmd::Games {
+            action,
+            json,
+            local,
+        } => games::run(&client::LocalClient::new(&local), action, json).await,
         Cmd::Status { json, local } => client::LocalClient::new(&local).status(json).await,
     }
 }
@@ -285,6 +309,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.port_mapping = !args.no_port_mapping;
     config.host_relay_port = (!args.no_host_relay).then_some(args.host_relay_port);
     config.host_relay_ports = args.host_relay_ports;
+    config.profile_dirs = args.profiles;
+    if !(args.game_scan.is_finite() && (0.0..=3600.0).contains(&args.game_scan)) {
+        anyhow::bail!("--game-scan must be between 0 and 3600 seconds");
+    }
+    config.game_scan = std::time::Duration::from_secs_f64(args.game_scan);
     for server in &args.stun {
         let addr = tokio::net::lookup_host(server.as_str())
             .await

@@ -359,6 +359,17 @@ impl Service {
                 "at most {MAX_CANDIDATES} candidate addresses"
             )));
         }
+        if candidates.games.len() > lanrage_proto::api::MAX_GAMES
+            || !candidates
+                .games
+                .iter()
+                .all(|g| lanrage_proto::api::valid_game_id(g))
+        {
+            return Err(ApiError::bad_request(format!(
+                "games: at most {} game ids of a-z, 0-9 and _",
+                lanrage_proto::api::MAX_GAMES
+            )));
+        }
         if candidates
             .relayed
             .iter()
@@ -581,6 +592,7 @@ impl Service {
                     candidates: c.candidates,
                     relayed: c.relayed,
                     nat: c.nat,
+                    games: c.games,
                 }
             })
             .collect();
@@ -649,5 +661,6 @@ fn stored_candidates(json: &str) -> CandidatesRequest {
         candidates: serde_json::from_str(json).unwrap_or_default(),
         relayed: Vec::new(),
         nat: None,
+        games: Vec::new(),
     })
 }

@@ -37,6 +37,7 @@ pub struct ApiState {
     lan_lock: Arc<tokio::sync::Mutex<()>>,
     token: Arc<str>,
     port: u16,
+    games: Arc<RwLock<crate::games::View>>,
 }
 
 impl ApiState {
@@ -56,7 +57,14 @@ impl ApiState {
             lan_lock: Arc::default(),
             token: token.into(),
             port,
+            games: Arc::default(),
         }
+    }
+
+    /// Shows this game detector's findings.
+    pub fn with_games(mut self, games: Arc<RwLock<crate::games::View>>) -> Self {
+        self.games = games;
+        self
     }
 }
 
@@ -77,6 +85,10 @@ pub async fn serve(
         .route("/v1/lan", get(lan_status))
         .route("/v1/lan/settings", post(lan_settings))
         .route("/v1/lan/trace", get(lan_trace))
+        .route("/v1/games", get(games_status))
+        .route("/v1/games/profiles", get(games_profiles))
+        .route("/v1/games/history", get(games_history))
+        .route("/v1/games/library", get(games_library))
         .fallback(|| async { error(404, "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state);
@@ -153,6 +165,17 @@ fn token_ok(headers: &HeaderMap, token: &str) -> bool {
 
 async fn status(State(st): State<ApiState>) -> Response {
     let shared = st.shared.read().await.clone();
+    let (games, profiles) = {
+        let g = st.games.read().await;
+        (g.detected.clone(), Arc::clone(&g.profiles))
+    };
+    let game_name = |id: &String| lanrage_proto::local::PlayingGame {
+        id: id.clone(),
+        name: profiles
+            .iter()
+            .find(|p| &p.id == id)
+            .map_or_else(|| id.clone(), |p| p.name.clone()),
+    };
     let dp = st.dataplane.stats().await;
     let me = shared.key;
     let virtual_ip = shared.party.as_ref().and_then(|p| {
@@ -189,6 +212,7 @@ async fn status(State(st): State<ApiState>) -> Response {
                         endpoint: stats.and_then(|s| s.endpoint).map(|r| r.peer_addr()),
                         relay: stats.and_then(|s| s.relay),
                         path_changes: stats.map_or(0, |s| s.path_changes),
+                        games: m.games.iter().map(game_name).collect(),
                     }
                 })
                 .collect(),
@@ -223,6 +247,7 @@ async fn status(State(st): State<ApiState>) -> Response {
             expires_in_s: m.expires.saturating_duration_since(now).as_secs(),
         });
     let body = Status {
+        games,
         nat,
         port_mapping,
         relayed: dp.relayed.clone(),
@@ -339,6 +364,49 @@ async fn lan_settings(State(st): State<ApiState>, Body(update): Body<LanUpdate>)
     }
     st.dataplane.set_lan(settings).await;
     lan_status(State(st.clone())).await
+}
+
+async fn games_status(State(st): State<ApiState>) -> Response {
+    let dp = st.dataplane.stats().await;
+    let g = st.games.read().await;
+    let tuning = dp.games.as_ref().map(|t| lanrage_proto::local::GameTuning {
+        priority_ports: t.priority.ranges().to_vec(),
+        dscp: if t.priority.is_empty() {
+            0
+        } else {
+            lanrage_proto::games::Priority::High.dscp()
+        },
+        lan_ports: t.lan.ports.iter().copied().collect(),
+        lan_groups: t.lan.groups.iter().copied().collect(),
+        mtu: dp.mtu,
+        keepalive_s: dp.keepalive.as_secs_f64(),
+    });
+    Json(lanrage_proto::local::GamesStatus {
+        detected: g.detected.clone(),
+        party: g.party.clone(),
+        tuning,
+        last_scan_ms: g.last_scan_ms,
+        scan_cpu_us: g.scan_cpu_us,
+        scan_interval_s: g.scan_interval.as_secs_f64(),
+    })
+    .into_response()
+}
+
+async fn games_profiles(State(st): State<ApiState>) -> Response {
+    let g = st.games.read().await;
+    Json(lanrage_proto::local::ProfilesResponse {
+        profiles: g.profiles.as_ref().clone(),
+        errors: g.errors.clone(),
+    })
+    .into_response()
+}
+
+async fn games_history(State(st): State<ApiState>) -> Response {
+    Json(st.games.read().await.history.clone()).into_response()
+}
+
+async fn games_library(State(st): State<ApiState>) -> Response {
+    Json(st.games.read().await.library.clone()).into_response()
 }
 
 async fn lan_trace(State(st): State<ApiState>) -> Response {

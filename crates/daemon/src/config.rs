@@ -29,6 +29,10 @@ pub struct DaemonConfig {
     pub host_relay_port: Option<u16>,
     /// Host mode: the relay's relayed ports, one allocation each.
     pub host_relay_ports: (u16, u16),
+    /// Directories of the player's own game profiles (besides `STATE_DIR/profiles`).
+    pub profile_dirs: Vec<std::path::PathBuf>,
+    /// How often running games are looked for; zero turns detection off.
+    pub game_scan: std::time::Duration,
 }
 
 impl DaemonConfig {
@@ -50,6 +54,8 @@ impl DaemonConfig {
             port_mapping: true,
             host_relay_port: Some(lanrage_proto::DEFAULT_STUN_PORT),
             host_relay_ports: (49152, 49407),
+            profile_dirs: Vec::new(),
+            game_scan: crate::games::DEFAULT_SCAN,
         }
     }
 }

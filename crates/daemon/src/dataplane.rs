@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use gotatun::x25519::StaticSecret;
+use lanrage_core::games;
 use lanrage_core::lifetime::Lifetime;
 use lanrage_core::portmap::{Mapping, PortMapper};
 use lanrage_core::stun::{NatProbe, NatReport};
@@ -40,6 +41,10 @@ const MAX_TURN: usize = 2;
 const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Datagrams from punching sockets waiting for the data-plane task.
 const SPARE_QUEUE: usize = 256;
+/// Within a batch of bulk packets, the game socket is looked at every this many.
+const GAME_CHECK: usize = 16;
+/// DSCP EF (46) in the IPv4 TOS byte.
+const TOS_EF: u32 = 46 << 2;
 /// Packets caught on the physical interface waiting for the data-plane task.
 const PHYSICAL_QUEUE: usize = 256;
 
@@ -68,6 +73,10 @@ pub struct Snapshot {
     pub binding_lifetime: Option<Lifetime>,
     /// How often paths that only need their binding held are probed.
     pub keepalive: std::time::Duration,
+    /// The interface MTU in force.
+    pub mtu: u16,
+    /// The running games' tuning.
+    pub games: Option<lanrage_core::games::Tuning>,
 }
 
 enum Command {
@@ -87,6 +96,8 @@ enum Command {
     },
     /// What LAN emulation forwards (applies to the next packet).
     SetLan(lanrage_core::lan::Settings),
+    /// The running games' tuning (`None`: no game runs; undo everything).
+    SetGames(Option<lanrage_core::games::Tuning>),
     /// LAN emulation's settings, counters and trace.
     Lan {
         reply: oneshot::Sender<LanView>,
@@ -130,11 +141,9 @@ impl DataPlane {
         stun_servers: Vec<SocketAddr>,
         port_mapping: bool,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
-            .await
-            .with_context(|| {
-                format!("binding UDP port {port} (is another LANrage daemon running?)")
-            })?;
+        let (socket, game_socket) = bind_sockets(port).with_context(|| {
+            format!("binding UDP port {port} (is another LANrage daemon running?)")
+        })?;
         let port = socket.local_addr()?.port();
         let seed = u64::from_le_bytes(rand::random());
         let mut node = Node::new(secret, seed, Instant::now());
@@ -148,8 +157,11 @@ impl DataPlane {
         let task = Task {
             node,
             socket: Arc::new(socket),
+            game_socket: game_socket.map(Arc::new),
+            game_buf: vec![0u8; RECV_BUF],
             tun: None,
             mtu,
+            games: None,
             rx,
             probe: (!stun_servers.is_empty())
                 .then(|| NatProbe::new(&stun_servers, port, seed ^ 0x5354_554e, now)),
@@ -217,6 +229,11 @@ impl DataPlane {
         let _ = self.tx.send(Command::SetLan(settings)).await;
     }
 
+    /// Applies the running games' tuning, or undoes it with `None`.
+    pub async fn set_games(&self, tuning: Option<lanrage_core::games::Tuning>) {
+        let _ = self.tx.send(Command::SetGames(tuning)).await;
+    }
+
     /// LAN emulation's state; `None` when the data plane has stopped.
     pub async fn lan(&self) -> Option<LanView> {
         let (reply, rx) = oneshot::channel();
@@ -244,8 +261,17 @@ struct Tun {
 struct Task {
     node: Node,
     socket: Arc<UdpSocket>,
+    /// The game socket: bound to the same port, sends with DSCP EF, and receives what
+    /// arrives marked EF (a reuseport BPF program picks it), so a game's packets never
+    /// wait behind a queue of bulk traffic in the kernel. `None` where the kernel
+    /// refused it.
+    game_socket: Option<Arc<UdpSocket>>,
+    game_buf: Vec<u8>,
     tun: Option<Tun>,
+    /// The configured MTU (a game's profile may lower it while it runs).
     mtu: u16,
+    /// The running games' tuning.
+    games: Option<lanrage_core::games::Tuning>,
     rx: mpsc::Receiver<Command>,
     /// `--stun` servers; the control plane's are added to them.
     configured_stun: Vec<SocketAddr>,
@@ -333,8 +359,16 @@ impl Task {
         let mut udp_buf = vec![0u8; RECV_BUF];
         let mut tun_buf = vec![0u8; RECV_BUF];
         loop {
+            self.drain_game_socket();
             let deadline = tokio::time::Instant::from_std(self.poll_timeout());
             tokio::select! {
+                r = recv_game(self.game_socket.clone(), &mut self.game_buf) => match r {
+                    Ok((n, from)) => {
+                        let data = self.game_buf[..n].to_vec();
+                        self.datagram(&data, from);
+                    }
+                    Err(e) => tracing::trace!(error = %e, "game socket receive error"),
+                },
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.command(cmd);
@@ -342,7 +376,10 @@ impl Task {
                 r = self.socket.recv_from(&mut udp_buf) => match r {
                     Ok((n, from)) => {
                         self.datagram(&udp_buf[..n], from);
-                        for _ in 1..BATCH {
+                        for i in 1..BATCH {
+                            if i % GAME_CHECK == 0 {
+                                self.drain_game_socket();
+                            }
                             match self.socket.try_recv_from(&mut udp_buf) {
                                 Ok((n, from)) => self.datagram(&udp_buf[..n], from),
                                 Err(_) => break,
@@ -370,7 +407,10 @@ impl Task {
                     Ok(n) => {
                         let now = Instant::now();
                         self.node.handle_tun_packet(&tun_buf[..n], now);
-                        for _ in 1..BATCH {
+                        for i in 1..BATCH {
+                            if i % GAME_CHECK == 0 {
+                                self.drain_game_socket();
+                            }
                             let Some(tun) = &self.tun else { break };
                             match tun.dev.try_recv(&mut tun_buf) {
                                 Ok(n) => self.node.handle_tun_packet(&tun_buf[..n], now),
@@ -546,13 +586,7 @@ impl Task {
         let found = *m.result.borrow();
         self.binding = found.or(self.binding);
         match found {
-            Some(l) if l.done => {
-                let every = crate::binding::keepalive_for(&l);
-                if self.node.keepalive() != every {
-                    tracing::info!(keepalive_s = every.as_secs_f64(), "keepalive sized");
-                    self.node.set_keepalive(every);
-                }
-            }
+            Some(l) if l.done => self.size_keepalive(),
             // Nothing learned (the server cannot redirect answers, or went away): try
             // again with the next NAT probe.
             None if m.finished() => self.lifetime = None,
@@ -726,6 +760,26 @@ impl Task {
         }
         let now = Instant::now();
         while let Some(t) = self.node.poll_transmit() {
+            if t.priority
+                && let Some(game) = &self.game_socket
+            {
+                let framed = match t.dst {
+                    Route::Direct(dst) => Some((t.payload.clone(), dst)),
+                    Route::Relay { server, peer } => self
+                        .turn
+                        .iter_mut()
+                        .find(|c| c.server() == server)
+                        .and_then(|c| c.send(peer, &t.payload, now))
+                        .map(|f| (f, server)),
+                    Route::Socket { .. } => None,
+                };
+                if let Some((bytes, dst)) = framed {
+                    if let Err(e) = game.try_send_to(&bytes, dst) {
+                        tracing::trace!(error = %e, %dst, "game send failed");
+                    }
+                    continue;
+                }
+            }
             match t.dst {
                 Route::Direct(dst) => self.send_udp(&t.payload, dst).await,
                 Route::Socket { index, peer } => self.send_spare(index, &t.payload, peer, now),
@@ -835,10 +889,13 @@ impl Task {
                     gateway: self.portmap.as_ref().map(PortMapper::gateway),
                     binding_lifetime: self.binding,
                     keepalive: self.node.keepalive(),
+                    mtu: self.effective_mtu(),
+                    games: self.games.clone(),
                 });
             }
             Command::SetIce { stun, turn } => self.set_ice(stun, turn, now),
             Command::SetLan(settings) => self.node.lan_mut().set_settings(settings),
+            Command::SetGames(tuning) => self.set_games(tuning),
             Command::Lan { reply } => {
                 let lan = self.node.lan();
                 let _ = reply.send(LanView {
@@ -857,6 +914,84 @@ impl Task {
         }
     }
 
+    /// The keepalive: sized from the measured binding lifetime; while a game runs, the
+    /// game's own value or the NAT class's (never longer than the binding was seen to
+    /// last).
+    fn size_keepalive(&mut self) {
+        let every = match &self.games {
+            None => match self.binding {
+                Some(l) if l.done => crate::binding::keepalive_for(&l),
+                _ => return,
+            },
+            Some(t) => {
+                let class = self.nat.as_ref().map_or(games::NatClass::Unknown, |n| {
+                    games::NatClass::from_behaviour(n.mapping, n.filtering)
+                });
+                let dropped = self
+                    .binding
+                    .filter(|l| l.below.is_some())
+                    .map(|l| (l.at_least / 2).max(std::time::Duration::from_secs(1)));
+                games::keepalive(t.keepalive, class, dropped)
+            }
+        };
+        if self.node.keepalive() != every {
+            tracing::info!(keepalive_s = every.as_secs_f64(), "keepalive sized");
+            self.node.set_keepalive(every);
+        }
+    }
+
+    fn effective_mtu(&self) -> u16 {
+        match self.games.as_ref().and_then(|t| t.mtu) {
+            Some(m) => m.min(self.mtu),
+            None => self.mtu,
+        }
+    }
+
+    fn set_games(&mut self, tuning: Option<games::Tuning>) {
+        let t = tuning.clone().unwrap_or_default();
+        self.node.lan_mut().set_profile(t.lan);
+        self.node.set_priority_ports(t.priority);
+        let before = self.effective_mtu();
+        let was_running = self.games.is_some();
+        self.games = tuning;
+        let mtu = self.effective_mtu();
+        if mtu != before {
+            self.node.set_mtu(mtu);
+            if let Some(tun) = &self.tun
+                && let Err(e) = tun.dev.set_mtu(mtu)
+            {
+                tracing::warn!(error = %e, mtu, "could not set the interface MTU for the game");
+            }
+            tracing::info!(mtu, "interface MTU set for the running games");
+        }
+        if self.games.is_none() && was_running {
+            // Back to the measured keepalive, or the default before any measurement.
+            let every = match self.binding {
+                Some(l) if l.done => crate::binding::keepalive_for(&l),
+                _ => lanrage_core::wg::DEFAULT_KEEPALIVE,
+            };
+            self.node.set_keepalive(every);
+        } else {
+            self.size_keepalive();
+        }
+    }
+
+    /// Handles what waits on the game socket, before anything else.
+    fn drain_game_socket(&mut self) {
+        let Some(game) = self.game_socket.clone() else {
+            return;
+        };
+        for _ in 0..BATCH {
+            match game.try_recv_from(&mut self.game_buf) {
+                Ok((n, from)) => {
+                    let data = self.game_buf[..n].to_vec();
+                    self.datagram(&data, from);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
     fn ensure_tun(&mut self, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
         if self
             .tun
@@ -870,7 +1005,7 @@ impl Task {
         let dev = DeviceBuilder::new()
             .name(TUN_NAME)
             .ipv4(ip, prefix, None)
-            .mtu(self.mtu)
+            .mtu(self.effective_mtu())
             .build_async()
             .with_context(|| {
                 format!("creating the TUN device {TUN_NAME} (needs root or CAP_NET_ADMIN)")
@@ -895,6 +1030,77 @@ fn disable_ipv6() {
     if let Err(e) = std::fs::write(&path, "1") {
         tracing::debug!(error = %e, "could not disable IPv6 on {TUN_NAME}");
     }
+}
+
+async fn recv_game(
+    socket: Option<Arc<UdpSocket>>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the data socket on `port` and, on the same port, the game socket (see
+/// `Task::game_socket`). The port is first bound alone, so a port another program holds
+/// is an error rather than a shared group.
+fn bind_sockets(port: u16) -> std::io::Result<(UdpSocket, Option<UdpSocket>)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |port: u16| -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+        Ok(s)
+    };
+    if port != 0 {
+        drop(std::net::UdpSocket::bind(SocketAddr::from((
+            [0, 0, 0, 0],
+            port,
+        )))?);
+    }
+    let main = open(port)?;
+    let port = main.local_addr()?.as_socket().map_or(port, |a| a.port());
+    let game = open(port).and_then(|g| {
+        g.set_tos_v4(TOS_EF)?;
+        attach_ef_steering(&main)?;
+        Ok(g)
+    });
+    let main = UdpSocket::from_std(main.into())?;
+    match game {
+        Ok(g) => Ok((main, Some(UdpSocket::from_std(g.into())?))),
+        Err(e) => {
+            tracing::info!(error = %e, "no game socket; game traffic is prioritised inside the daemon only");
+            Ok((main, None))
+        }
+    }
+}
+
+/// Steers datagrams marked DSCP EF to the second socket of the port's reuseport group and
+/// everything else to the first: a classic BPF program reading the IPv4 TOS byte.
+fn attach_ef_steering(socket: &socket2::Socket) -> std::io::Result<()> {
+    // SKF_NET_OFF: loads relative to the network header.
+    const NET_OFF: i32 = -0x10_0000;
+    let tos = u32::from_ne_bytes((NET_OFF + 1).to_ne_bytes());
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let mut program = [
+        op(0x30, 0, 0, tos),    // ldb [net + 1]: the TOS byte
+        op(0x54, 0, 0, 0xfc),   // and #0xfc: DSCP without ECN
+        op(0x15, 0, 1, TOS_EF), // jeq #EF, to the game socket, else the main one
+        op(0x06, 0, 0, 1),      // ret #1: the game socket
+        op(0x06, 0, 0, 0),      // ret #0: the main socket
+    ];
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).unwrap_or(0),
+        filter: program.as_mut_ptr(),
+    };
+    nix::sys::socket::setsockopt(
+        socket,
+        nix::sys::socket::sockopt::AttachReusePortCbpf,
+        &prog,
+    )
+    .map_err(std::io::Error::from)
 }
 
 async fn recv_tun(tun: Option<&Tun>, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lanrage_core::games::{self, Detector, Index, Observation, Process, Socket, Tracker, Transport, Window};
+use lanrage_core::games::{
+    self, Detector, Index, Observation, Process, Socket, Tracker, Transport, Window,
+};
 use lanrage_proto::games::{Detection, GameEvent, Profile, ProfileError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, mpsc, watch};
@@ -38,7 +40,12 @@ pub fn load(sources: &Sources) -> (Vec<Profile>, Vec<ProfileError>) {
     let mut profiles = Vec::new();
     let mut errors = Vec::new();
     for (genre, text) in BUILTIN {
-        let (ok, errs) = lanrage_proto::games::parse_file(text, &format!("profiles/{genre}.toml"), genre, "built-in");
+        let (ok, errs) = lanrage_proto::games::parse_file(
+            text,
+            &format!("profiles/{genre}.toml"),
+            genre,
+            "built-in",
+        );
         profiles.extend(ok);
         errors.extend(errs);
     }
@@ -62,7 +69,10 @@ pub fn load(sources: &Sources) -> (Vec<Profile>, Vec<ProfileError>) {
         files.sort();
         for path in files {
             let name = path.display().to_string();
-            let genre = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let genre = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     let (ok, errs) = lanrage_proto::games::parse_file(&text, &name, &genre, &name);
@@ -135,7 +145,14 @@ pub fn start(sources: Sources, every: Duration, dataplane: DataPlane) -> Handle 
         scan_interval: every,
         ..View::default()
     }));
-    let task = tokio::spawn(run(sources, every, dataplane, Arc::clone(&view), local_tx, party_rx));
+    let task = tokio::spawn(run(
+        sources,
+        every,
+        dataplane,
+        Arc::clone(&view),
+        local_tx,
+        party_rx,
+    ));
     Handle {
         view,
         local,
@@ -167,7 +184,11 @@ async fn run(
     let mut reload = true;
     let mut library_at: Option<tokio::time::Instant> = None;
     let mut applied: Option<games::Tuning> = None;
-    let mut tick = tokio::time::interval(if every.is_zero() { Duration::from_secs(3600) } else { every });
+    let mut tick = tokio::time::interval(if every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        every
+    });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if reload {
@@ -176,7 +197,11 @@ async fn run(
             let Ok((profiles, errors)) = tokio::task::spawn_blocking(move || load(&s)).await else {
                 return;
             };
-            tracing::info!(profiles = profiles.len(), problems = errors.len(), "game profiles loaded");
+            tracing::info!(
+                profiles = profiles.len(),
+                problems = errors.len(),
+                "game profiles loaded"
+            );
             detector = Detector::new(Index::new(profiles));
             let mut v = view.write().await;
             v.profiles = Arc::new(detector.index().profiles().to_vec());
@@ -186,7 +211,9 @@ async fn run(
         if library_at.is_none_or(|t| t.elapsed() >= LIBRARY_EVERY) {
             library_at = Some(tokio::time::Instant::now());
             let profiles = Arc::clone(&view.read().await.profiles);
-            if let Ok(lib) = tokio::task::spawn_blocking(move || steam_library(&steam_roots(), &profiles)).await {
+            if let Ok(lib) =
+                tokio::task::spawn_blocking(move || steam_library(&steam_roots(), &profiles)).await
+            {
                 view.write().await.library = lib;
             }
         }
@@ -228,7 +255,12 @@ async fn run(
         }
         // Tuning: the games running here and the ones the party plays.
         let party: Vec<String> = party_rx.borrow_and_update().clone();
-        let ids: BTreeSet<String> = local_tx.borrow().iter().cloned().chain(party.iter().cloned()).collect();
+        let ids: BTreeSet<String> = local_tx
+            .borrow()
+            .iter()
+            .cloned()
+            .chain(party.iter().cloned())
+            .collect();
         view.write().await.party = party;
         let tuning = games::tuning(ids.iter().filter_map(|id| detector.index().get(id)));
         let want = (!ids.is_empty()).then_some(tuning);
@@ -247,7 +279,10 @@ async fn run(
 /// CPU time this thread has used, in microseconds (0 where unknown).
 fn thread_cpu() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map(|t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000
+        })
         .unwrap_or(0)
 }
 
@@ -271,7 +306,8 @@ fn watch_dirs(dirs: &[PathBuf], changed: mpsc::Sender<()>) -> Option<notify::Rec
 
 /// Gathers observations; keeps what it learned between scans.
 pub struct Scanner {
-    system: sysinfo::System,
+    /// `None` where the platform offers no process list.
+    system: Option<sysinfo::System>,
     own_netns: Option<PathBuf>,
     /// (pid, start time) → whether it lives in our network namespace.
     netns: HashMap<(u32, u64), bool>,
@@ -292,7 +328,9 @@ impl Default for Scanner {
 impl Scanner {
     pub fn new() -> Self {
         Self {
-            system: sysinfo::System::new(),
+            system: sysinfo::System::new()
+                .map_err(|e| tracing::warn!(error = %e, "processes cannot be listed; games are found by port only"))
+                .ok(),
             own_netns: std::fs::read_link("/proc/self/ns/net").ok(),
             netns: HashMap::new(),
             owners: HashMap::new(),
@@ -307,17 +345,20 @@ impl Scanner {
     pub fn observe(&mut self, index: &Index) -> Observation {
         let cpu0 = thread_cpu();
         use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, UpdateKind};
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
-            ProcessRefreshKind::nothing()
-                .with_cmd(UpdateKind::OnlyIfNotSet)
-                .with_exe(UpdateKind::OnlyIfNotSet),
-        );
+        if let Some(system) = &mut self.system {
+            system.refresh_processes_specifics(
+                ProcessesToUpdate::All,
+                true,
+                ProcessRefreshKind::nothing()
+                    .with_cmd(UpdateKind::OnlyIfNotSet)
+                    .with_exe(UpdateKind::OnlyIfNotSet),
+            );
+        }
         let own = std::process::id();
         let mut live: HashMap<(u32, u64), bool> = HashMap::with_capacity(self.netns.len());
         let mut processes = Vec::new();
-        for (pid, p) in self.system.processes() {
+        let listed = self.system.as_ref().map(sysinfo::System::processes);
+        for (pid, p) in listed.into_iter().flatten() {
             let pid = pid.as_u32();
             if pid == own || p.thread_kind().is_some() {
                 continue;
@@ -326,7 +367,8 @@ impl Scanner {
             let here = match self.netns.get(&key) {
                 Some(&h) => h,
                 None => match &self.own_netns {
-                    Some(own_ns) => std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| &ns == own_ns),
+                    Some(own_ns) => std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                        .is_ok_and(|ns| &ns == own_ns),
                     None => true,
                 },
             };
@@ -338,7 +380,11 @@ impl Scanner {
                 pid,
                 name: p.name().to_string_lossy().into_owned(),
                 exe: p.exe().map(|e| e.display().to_string()),
-                cmd: p.cmd().iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+                cmd: p
+                    .cmd()
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
             });
         }
         self.netns = live;
@@ -366,28 +412,41 @@ impl Scanner {
             ("/proc/net/tcp", Transport::Tcp),
             ("/proc/net/tcp6", Transport::Tcp),
         ] {
-            let Ok(text) = std::fs::read_to_string(file) else { continue };
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
             for (inode, port) in parse_proc_net(&text, transport == Transport::Tcp) {
                 if index.watches_port(transport, port) {
                     wanted.push((inode, transport, port));
                 }
             }
         }
-        if wanted.iter().any(|(inode, _, _)| !self.owners.contains_key(inode)) {
+        if wanted
+            .iter()
+            .any(|(inode, _, _)| !self.owners.contains_key(inode))
+        {
             self.owners = socket_owners(pids);
         }
         wanted
             .into_iter()
             .filter_map(|(inode, transport, port)| {
                 let pid = *self.owners.get(&inode)?;
-                Some(Socket { pid, transport, port })
+                Some(Socket {
+                    pid,
+                    transport,
+                    port,
+                })
             })
             .collect()
     }
 
     fn windows(&mut self) -> Vec<Window> {
         if self.x11.is_none() {
-            if std::env::var_os("DISPLAY").is_none() || self.x11_retry.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            if std::env::var_os("DISPLAY").is_none()
+                || self
+                    .x11_retry
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+            {
                 return Vec::new();
             }
             self.x11_retry = Some(std::time::Instant::now());
@@ -426,11 +485,19 @@ pub fn parse_proc_net(text: &str, tcp: bool) -> Vec<(u64, u16)> {
 fn socket_owners(pids: &BTreeSet<u32>) -> HashMap<u64, u32> {
     let mut owners = HashMap::new();
     for &pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
             let t = target.to_string_lossy();
-            if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse().ok()) {
+            if let Some(inode) = t
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse().ok())
+            {
                 owners.insert(inode, pid);
             }
         }
@@ -452,10 +519,23 @@ impl X11 {
         let (conn, screen) = x11rb::connect(None)
             .map_err(|e| tracing::debug!(error = %e, "no X11 display; window titles are not read"))
             .ok()?;
-        let root = x11rb::connection::Connection::setup(&conn).roots.get(screen)?.root;
+        let root = x11rb::connection::Connection::setup(&conn)
+            .roots
+            .get(screen)?
+            .root;
         let mut atoms = [0u32; 4];
-        for (slot, name) in atoms.iter_mut().zip(["_NET_CLIENT_LIST", "_NET_WM_PID", "_NET_WM_NAME", "UTF8_STRING"]) {
-            *slot = conn.intern_atom(false, name.as_bytes()).ok()?.reply().ok()?.atom;
+        for (slot, name) in atoms.iter_mut().zip([
+            "_NET_CLIENT_LIST",
+            "_NET_WM_PID",
+            "_NET_WM_NAME",
+            "UTF8_STRING",
+        ]) {
+            *slot = conn
+                .intern_atom(false, name.as_bytes())
+                .ok()?
+                .reply()
+                .ok()?
+                .atom;
         }
         Some(Self { conn, root, atoms })
     }
@@ -478,9 +558,17 @@ impl X11 {
                 .reply()?
                 .value32()
                 .and_then(|mut v| v.next());
-            let mut title = self.conn.get_property(false, w, name_atom, utf8, 0, 256)?.reply()?.value;
+            let mut title = self
+                .conn
+                .get_property(false, w, name_atom, utf8, 0, 256)?
+                .reply()?
+                .value;
             if title.is_empty() {
-                title = self.conn.get_property(false, w, AtomEnum::WM_NAME, AtomEnum::STRING, 0, 256)?.reply()?.value;
+                title = self
+                    .conn
+                    .get_property(false, w, AtomEnum::WM_NAME, AtomEnum::STRING, 0, 256)?
+                    .reply()?
+                    .value;
             }
             if !title.is_empty() {
                 out.push(Window {
@@ -508,7 +596,11 @@ pub fn steam_roots() -> Vec<PathBuf> {
     }
     let mut roots = Vec::new();
     for h in homes {
-        for rel in [".local/share/Steam", ".steam/steam", ".var/app/com.valvesoftware.Steam/.local/share/Steam"] {
+        for rel in [
+            ".local/share/Steam",
+            ".steam/steam",
+            ".var/app/com.valvesoftware.Steam/.local/share/Steam",
+        ] {
             let r = h.join(rel);
             if r.join("steamapps").is_dir() {
                 let real = r.canonicalize().unwrap_or(r);
@@ -533,13 +625,19 @@ pub fn steam_library(roots: &[PathBuf], profiles: &[Profile]) -> Vec<Installed> 
     for root in roots {
         libraries.push(root.clone());
         if let Ok(text) = std::fs::read_to_string(root.join("steamapps/libraryfolders.vdf")) {
-            libraries.extend(games::steam::library_folders(&text).into_iter().map(PathBuf::from));
+            libraries.extend(
+                games::steam::library_folders(&text)
+                    .into_iter()
+                    .map(PathBuf::from),
+            );
         }
     }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for lib in libraries {
-        let Ok(rd) = std::fs::read_dir(lib.join("steamapps")) else { continue };
+        let Ok(rd) = std::fs::read_dir(lib.join("steamapps")) else {
+            continue;
+        };
         let mut manifests: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())
@@ -551,7 +649,9 @@ pub fn steam_library(roots: &[PathBuf], profiles: &[Profile]) -> Vec<Installed> 
             .collect();
         manifests.sort();
         for m in manifests {
-            let Ok(text) = std::fs::read_to_string(&m) else { continue };
+            let Ok(text) = std::fs::read_to_string(&m) else {
+                continue;
+            };
             let Some(app) = games::steam::app_manifest(&text) else {
                 tracing::debug!(file = %m.display(), "unreadable Steam app manifest skipped");
                 continue;
@@ -606,7 +706,10 @@ mod tests {
         msgs.sort();
         assert_eq!(msgs.len(), 2, "{msgs:?}");
         assert!(msgs[0].contains("bad.toml: line 1"), "{msgs:?}");
-        assert!(msgs[1].contains("mine.toml: broken.mtu: 99 is outside"), "{msgs:?}");
+        assert!(
+            msgs[1].contains("mine.toml: broken.mtu: 99 is outside"),
+            "{msgs:?}"
+        );
     }
 
     #[test]
@@ -663,7 +766,11 @@ mod tests {
             "\"AppState\"\n{\n\t\"appid\"\t\t\"105600\"\n\t\"name\"\t\t\"Terraria\"\n\t\"installdir\"\t\t\"Terraria\"\n}\n",
         )
         .expect("write");
-        std::fs::write(second.path().join("steamapps/appmanifest_1.acf"), "garbage {").expect("write");
+        std::fs::write(
+            second.path().join("steamapps/appmanifest_1.acf"),
+            "garbage {",
+        )
+        .expect("write");
         let (profiles, _) = lanrage_proto::games::parse_file(
             "[terraria]\nname = \"Terraria\"\nexecutables = [\"Terraria.exe\"]\nsteam_app_ids = [105600]\n",
             "t.toml",
@@ -672,6 +779,13 @@ mod tests {
         );
         let lib = steam_library(&[root.path().to_owned()], &profiles);
         assert_eq!(lib.len(), 1, "{lib:?}");
-        assert_eq!((lib[0].app_id, lib[0].name.as_str(), lib[0].profile.as_deref()), (105600, "Terraria", Some("terraria")));
+        assert_eq!(
+            (
+                lib[0].app_id,
+                lib[0].name.as_str(),
+                lib[0].profile.as_deref()
+            ),
+            (105600, "Terraria", Some("terraria"))
+        );
     }
 }

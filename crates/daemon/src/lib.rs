@@ -14,6 +14,7 @@ mod binding;
 mod config;
 mod control_client;
 mod dataplane;
+pub mod games;
 mod igd;
 mod lan;
 mod net;

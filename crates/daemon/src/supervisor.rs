@@ -152,6 +152,13 @@ pub async fn run(
     if let Some(lan) = state.lan_settings().await? {
         dataplane.set_lan(crate::lan::to_core(&lan)).await;
     }
+    let mut profile_dirs = vec![config.state_dir.join("profiles")];
+    profile_dirs.extend(config.profile_dirs.iter().cloned());
+    let games = crate::games::start(
+        crate::games::Sources { dirs: profile_dirs },
+        config.game_scan,
+        dataplane.clone(),
+    );
     let shared = Arc::new(RwLock::new(Shared {
         key,
         name: name.clone(),
@@ -175,7 +182,8 @@ pub async fn run(
             state.clone(),
             api_token,
             api_addr.port(),
-        ),
+        )
+        .with_games(Arc::clone(&games.view)),
         async {
             let _ = api_stop_rx.await;
         },
@@ -207,6 +215,7 @@ pub async fn run(
         generation: 0,
         events_tx,
         ice_next: None,
+        games,
     };
     sup.resume().await;
     sup.run(cmd_rx, events_rx, shutdown).await;
@@ -392,6 +401,8 @@ struct Supervisor {
     /// When the STUN/TURN servers were last fetched from the control plane, and when to
     /// fetch them again.
     ice_next: Option<std::time::Instant>,
+    /// Game detection: what runs here, and what the party plays.
+    games: crate::games::Handle,
 }
 
 impl Supervisor {
@@ -408,9 +419,18 @@ impl Supervisor {
         let mut candidates = tokio::time::interval(CANDIDATE_CHECK);
         candidates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let mut local_games = self.games.local.clone();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                Ok(()) = local_games.changed() => {
+                    // A game started or stopped: the party hears it now, not at the next
+                    // candidate check.
+                    let connected = self.shared.read().await.control == "connected";
+                    if connected && self.session.as_ref().is_some_and(|s| !s.needs_join) {
+                        self.publish_candidates().await;
+                    }
+                }
                 Some(cmd) = cmds.recv() => self.command(cmd).await,
                 Some(ev) = events.recv() => self.event(ev).await,
                 _ = heartbeat.tick() => self.beat(),
@@ -785,6 +805,21 @@ impl Supervisor {
             tracing::error!(error = %e, "could not configure the data plane");
         }
         let changed = s.view.as_ref().is_none_or(|v| v != &view);
+        let mut played: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| m.public_key != self.key)
+            .flat_map(|m| m.games.iter().cloned())
+            .collect();
+        played.sort();
+        played.dedup();
+        self.games.party.send_if_modified(|cur| {
+            let differs = *cur != played;
+            if differs {
+                cur.clone_from(&played);
+            }
+            differs
+        });
         s.view = Some(view.clone());
         self.shared.write().await.party = Some(view);
         if changed {
@@ -855,18 +890,28 @@ impl Supervisor {
             }
         }
         let nat = stats.nat.as_ref().and_then(NatReport::hint);
+        let mut games = self.games.local.borrow().clone();
+        games.truncate(lanrage_proto::api::MAX_GAMES);
         let published = view
             .members
             .iter()
             .find(|m| m.public_key == self.key)
-            .map(|m| (m.candidates.clone(), m.relayed.clone(), m.nat));
-        if published.as_ref() == Some(&(mine.clone(), stats.relayed.clone(), nat)) {
+            .map(|m| {
+                (
+                    m.candidates.clone(),
+                    m.relayed.clone(),
+                    m.nat,
+                    m.games.clone(),
+                )
+            });
+        if published.as_ref() == Some(&(mine.clone(), stats.relayed.clone(), nat, games.clone())) {
             return;
         }
         let req = CandidatesRequest {
             candidates: mine,
             relayed: stats.relayed,
             nat,
+            games,
         };
         match s.client.set_candidates(s.invite.party, req).await {
             Ok(view) => {
@@ -879,6 +924,7 @@ impl Supervisor {
     async fn end_session(&mut self, reason: &str) {
         tracing::info!(%reason, "party session ended");
         self.session = None;
+        self.games.party.send_replace(Vec::new());
         self.dataplane.clear().await;
         if let Err(e) = self.state.set_membership(None).await {
             tracing::error!(error = %format!("{e:#}"), "could not clear the saved membership");

@@ -79,6 +79,20 @@ pub struct CandidatesRequest {
     /// How this device's NAT maps its socket, once probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatHint>,
+    /// Ids of the games running on this device (game profiles), for the party to see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub games: Vec<String>,
+}
+
+/// Most games one member may report.
+pub const MAX_GAMES: usize = 8;
+
+/// Whether `id` is a well-formed game id: 1 to 64 of `a-z`, `0-9`, `_`.
+pub fn valid_game_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// How a member's NAT maps its UDP socket, as the member's own STUN probe measured it: what
@@ -124,6 +138,9 @@ pub struct MemberView {
     pub relayed: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatHint>,
+    /// The games the member is playing (profile ids).
+    #[serde(default)]
+    pub games: Vec<String>,
 }
 
 /// `GET /v1/ice`: the STUN and TURN servers this device should use, with TURN REST

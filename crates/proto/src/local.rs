@@ -54,6 +54,9 @@ pub struct Status {
     /// The port the home router forwards to this daemon, when it grants one.
     #[serde(default)]
     pub port_mapping: Option<PortMappingStatus>,
+    /// Games running on this device.
+    #[serde(default)]
+    pub games: Vec<crate::games::Detection>,
 }
 
 /// A port mapping granted by the default gateway.
@@ -131,6 +134,52 @@ pub struct MemberStatus {
     /// How often the path to this member changed (start, upgrades, failovers).
     #[serde(default)]
     pub path_changes: u64,
+    /// What the member is playing.
+    #[serde(default)]
+    pub games: Vec<PlayingGame>,
+}
+
+/// A game a member plays: its profile id and name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlayingGame {
+    pub id: String,
+    pub name: String,
+}
+
+/// `GET /v1/games`: what runs here, what the party plays, and what is applied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GamesStatus {
+    /// Games running on this device, most confident first.
+    pub detected: Vec<crate::games::Detection>,
+    /// Games other members play (profile ids).
+    pub party: Vec<String>,
+    /// The tuning in force (`None` while nobody in the party plays a known game).
+    pub tuning: Option<GameTuning>,
+    /// When the machine was last scanned (Unix ms), and the CPU the scan took.
+    pub last_scan_ms: u64,
+    pub scan_cpu_us: u64,
+    pub scan_interval_s: f64,
+}
+
+/// What the running games changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GameTuning {
+    /// Ports whose packets go first and carry DSCP EF (46).
+    pub priority_ports: Vec<crate::games::PortRange>,
+    pub dscp: u8,
+    /// Discovery ports and groups LAN emulation carries for the games.
+    pub lan_ports: Vec<u16>,
+    pub lan_groups: Vec<Ipv4Addr>,
+    pub mtu: u16,
+    pub keepalive_s: f64,
+}
+
+/// `GET /v1/games/profiles`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfilesResponse {
+    pub profiles: Vec<crate::games::Profile>,
+    /// Problems in profile files (each skipped game or file).
+    pub errors: Vec<crate::games::ProfileError>,
 }
 
 /// The data plane's own view: what WireGuard actually has configured.
