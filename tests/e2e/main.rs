@@ -1,6 +1,7 @@
 //! End-to-end scenarios on the real release binary, in network namespaces the tests create
 //! and always delete. Run as root; see the README.
 
+mod games;
 mod harness;
 
 use std::collections::BTreeSet;

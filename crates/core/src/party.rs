@@ -149,6 +149,7 @@ mod tests {
                 .collect(),
             relayed: Vec::new(),
             nat: None,
+            games: Vec::new(),
         }
     }
 
