@@ -110,25 +110,9 @@ fn openarena_is_detected_shown_to_the_party_tuned_and_undone_when_it_stops() {
 
     let home = tempfile::tempdir().expect("home");
     let started = Instant::now();
-    let server = spawn(
-        &lab,
-        1,
-        "/usr/games/openarena-server",
-        &[
-            "+set",
-            "dedicated",
-            "1",
-            "+set",
-            "net_port",
-            "27960",
-            "+set",
-            "sv_hostname",
-            "lanrage-games-test",
-            "+map",
-            "oa_dm1",
-        ],
-        home.path(),
-    );
+    let (program, args) = Lab::openarena("lanrage-games-test");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = spawn(&lab, 1, program, &args, home.path());
     let pid = u64::from(server.0.id());
     let oa = wait_for(Duration::from_secs(6), || {
         find(&detected(&lab, 1), "openarena").cloned()

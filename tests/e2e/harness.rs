@@ -388,6 +388,28 @@ impl Lab {
         path
     }
 
+    /// Debian's OpenArena dedicated server (ioquake3), its program and arguments: UDP
+    /// 27960, map oa_dm1, announcing `hostname`.
+    pub fn openarena(hostname: &str) -> (&'static str, Vec<String>) {
+        let args = [
+            "+set",
+            "dedicated",
+            "1",
+            "+set",
+            "net_port",
+            "27960",
+            "+set",
+            "sv_hostname",
+            hostname,
+            "+map",
+            "oa_dm1",
+        ];
+        (
+            "/usr/games/openarena-server",
+            args.iter().map(|a| (*a).to_owned()).collect(),
+        )
+    }
+
     pub fn read_log(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
             .unwrap_or_default();

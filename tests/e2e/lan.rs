@@ -413,24 +413,9 @@ fn received_prefix(path: &Path, ip: &str, prefix: &str) -> usize {
 fn qstat_finds_an_openarena_server_by_broadcast() {
     let (mut lab, ips) = party("lanoa", 2);
     let a = &ips[0];
-    lab.spawn_logged(
-        1,
-        "openarena",
-        "/usr/games/openarena-server",
-        &[
-            "+set",
-            "dedicated",
-            "1",
-            "+set",
-            "net_port",
-            "27960",
-            "+set",
-            "sv_hostname",
-            "lanrage-lan-test",
-            "+map",
-            "oa_dm1",
-        ],
-    );
+    let (program, args) = Lab::openarena("lanrage-lan-test");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn_logged(1, "openarena", program, &args);
     // Quake III's LAN browser port; a game profile adds it once game detection runs.
     lab.cli_ok(2, &["lan", "allow", "27960"]);
     for target in ["+10.66.255.255:27960", "+255.255.255.255:27960"] {

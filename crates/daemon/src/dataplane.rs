@@ -362,7 +362,7 @@ impl Task {
             self.drain_game_socket();
             let deadline = tokio::time::Instant::from_std(self.poll_timeout());
             tokio::select! {
-                r = recv_game(self.game_socket.clone(), &mut self.game_buf) => match r {
+                r = recv_game(self.game_socket.as_deref(), &mut self.game_buf) => match r {
                     Ok((n, from)) => {
                         let data = self.game_buf[..n].to_vec();
                         self.datagram(&data, from);
@@ -1033,7 +1033,7 @@ fn disable_ipv6() {
 }
 
 async fn recv_game(
-    socket: Option<Arc<UdpSocket>>,
+    socket: Option<&UdpSocket>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, SocketAddr)> {
     match socket {

@@ -180,6 +180,7 @@ async fn run(
     let _watcher = watch_dirs(&sources.dirs, changed_tx);
     let mut scanner = Scanner::new();
     let mut detector = Detector::default();
+    let mut watched: Arc<Index> = Arc::default();
     let mut tracker = Tracker::default();
     let mut reload = true;
     let mut library_at: Option<tokio::time::Instant> = None;
@@ -202,7 +203,10 @@ async fn run(
                 problems = errors.len(),
                 "game profiles loaded"
             );
-            detector = Detector::new(Index::new(profiles));
+            let index = Index::new(profiles);
+            // The scanning thread's copy, made once per profile set, not per scan.
+            watched = Arc::new(index.clone());
+            detector = Detector::new(index);
             let mut v = view.write().await;
             v.profiles = Arc::new(detector.index().profiles().to_vec());
             v.errors = errors;
@@ -221,7 +225,7 @@ async fn run(
             let cpu0 = thread_cpu();
             let (obs, back) = {
                 let mut s = scanner;
-                let watched = detector.index().clone();
+                let watched = Arc::clone(&watched);
                 match tokio::task::spawn_blocking(move || {
                     let obs = s.observe(&watched);
                     (obs, s)
