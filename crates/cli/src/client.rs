@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use lanrage_proto::local::{
-    API_TOKEN_FILE, API_TOKEN_HEADER, CreateRequest, InviteResponse, JoinRequest, KickRequest,
-    LocalError, LockRequest, Status,
+    API_TOKEN_FILE, API_TOKEN_HEADER, CreateRequest, Done, InviteResponse, JoinRequest,
+    KickRequest, LocalError, LockRequest, Status,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,10 +22,85 @@ pub struct LocalArgs {
     state_dir: Option<PathBuf>,
 }
 
+/// An error answer from the daemon; its code decides the CLI's exit status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A failure before or around the API call, with its exit code (see `EXIT_CODES`).
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: u8,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The exit code and error code for a failed command.
+pub fn classify(e: &anyhow::Error) -> (u8, &str) {
+    if let Some(f) = e.downcast_ref::<Failure>() {
+        return (f.exit, f.code);
+    }
+    if let Some(a) = e.downcast_ref::<ApiError>() {
+        let exit = match (a.status, a.code.as_str()) {
+            (_, "no_tun_permission") | (401 | 403, "unauthorized" | "forbidden_host") => 5,
+            (400..=499, _) => 4,
+            _ => 6,
+        };
+        return (exit, &a.code);
+    }
+    (1, "error")
+}
+
+/// `lanrage up` needs to create a TUN device: root or CAP_NET_ADMIN, said before anything
+/// starts rather than when the first party is joined.
+pub fn check_net_admin() -> anyhow::Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Ok(()); // not Linux-like: the TUN step reports it
+    };
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    match effective {
+        Some(caps) if caps & (1 << CAP_NET_ADMIN) == 0 => Err(Failure {
+            exit: 5,
+            code: "no_tun_permission",
+            message: "LANrage needs to create a network interface: run it as root \
+                      (`sudo lanrage up`) or grant it CAP_NET_ADMIN \
+                      (`sudo setcap cap_net_admin+ep $(command -v lanrage)`)"
+                .into(),
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 pub struct LocalClient {
     api: SocketAddr,
     state_dir: PathBuf,
     http: reqwest::Client,
+    /// Print JSON instead of tables.
+    pub json: bool,
 }
 
 impl LocalClient {
@@ -37,7 +112,19 @@ impl LocalClient {
                 .clone()
                 .unwrap_or_else(lanrage_daemon::default_state_dir),
             http: reqwest::Client::new(),
+            json: false,
         }
+    }
+
+    pub fn with_json(mut self, json: bool) -> Self {
+        self.json = json;
+        self
+    }
+
+    /// The web UI's address with the token in its fragment (never sent over the wire; the
+    /// page keeps it and strips it from the address bar).
+    pub fn ui_url(&self) -> anyhow::Result<String> {
+        Ok(format!("http://{}/#token={}", self.api, self.token()?))
     }
 
     pub async fn create(
@@ -51,69 +138,69 @@ impl LocalClient {
             max_members,
             player_name,
         };
-        let r: InviteResponse = self.post("/v1/party/create", &req).await?;
-        print_invite(&r, "Party created.");
-        Ok(())
+        let r: InviteResponse = self.post("/api/v1/party/create", &req).await?;
+        self.print_invite(&r, "Party created.")
     }
 
     pub async fn join(&self, invite: String, player_name: Option<String>) -> anyhow::Result<()> {
         let r: InviteResponse = self
             .post(
-                "/v1/party/join",
+                "/api/v1/party/join",
                 &JoinRequest {
                     invite,
                     player_name,
                 },
             )
             .await?;
+        if self.json {
+            return print_json(&r);
+        }
         let ip = r.virtual_ip.map(|i| i.to_string()).unwrap_or_default();
         println!("Joined party \"{}\" as {ip}.", r.party_name);
         Ok(())
     }
 
     pub async fn leave(&self) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.post("/v1/party/leave", &()).await?;
-        println!("Left the party.");
-        Ok(())
+        let r: Done = self.post("/api/v1/party/leave", &()).await?;
+        self.done(&r, "Left the party.")
     }
 
     pub async fn invite(&self) -> anyhow::Result<()> {
         let r: InviteResponse = self
-            .request(reqwest::Method::GET, "/v1/party/invite", None::<&()>)
+            .request(reqwest::Method::GET, "/api/v1/party/invite", None::<&()>)
             .await?;
-        print_invite(&r, "");
-        Ok(())
+        self.print_invite(&r, "")
     }
 
     pub async fn kick(&self, member: String) -> anyhow::Result<()> {
-        let _: serde_json::Value = self
+        let r: Done = self
             .post(
-                "/v1/party/kick",
+                "/api/v1/party/kick",
                 &KickRequest {
                     member: member.clone(),
                 },
             )
             .await?;
-        println!("Removed {member} from the party.");
-        Ok(())
+        self.done(&r, &format!("Removed {member} from the party."))
     }
 
     pub async fn lock(&self, locked: bool) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.post("/v1/party/lock", &LockRequest { locked }).await?;
-        println!(
-            "{}",
+        let r: Done = self
+            .post("/api/v1/party/lock", &LockRequest { locked })
+            .await?;
+        self.done(
+            &r,
             if locked {
                 "Party locked: nobody new can join."
             } else {
                 "Party unlocked."
-            }
-        );
-        Ok(())
+            },
+        )
     }
 
     pub async fn status(&self, json: bool) -> anyhow::Result<()> {
         let s: Status = self
-            .request(reqwest::Method::GET, "/v1/status", None::<&()>)
+            .request(reqwest::Method::GET, "/api/v1/status", None::<&()>)
             .await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&s)?);
@@ -140,7 +227,7 @@ impl LocalClient {
         let mut req = self
             .http
             .request(method.clone(), format!("http://{}{path}", self.api));
-        if method != reqwest::Method::GET || path == "/v1/party/invite" {
+        if method != reqwest::Method::GET || path == "/api/v1/party/invite" {
             req = req.header(API_TOKEN_HEADER, self.token()?);
         }
         if let Some(b) = body {
@@ -148,10 +235,15 @@ impl LocalClient {
         }
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
-                anyhow!(
-                    "the LANrage daemon is not running (nothing answers on {}); start it with `lanrage up`",
-                    self.api
-                )
+                anyhow::Error::new(Failure {
+                    exit: 3,
+                    code: "daemon_not_running",
+                    message: format!(
+                        "the LANrage daemon is not running (nothing answers on {}); start it \
+                         with `sudo lanrage up`",
+                        self.api
+                    ),
+                })
             } else {
                 anyhow!("talking to the daemon on {}: {e}", self.api)
             }
@@ -159,10 +251,14 @@ impl LocalClient {
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the daemon's answer")?;
         if !status.is_success() {
-            let msg = serde_json::from_slice::<LocalError>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("the daemon answered {status}"));
-            return Err(anyhow!(msg));
+            return Err(match serde_json::from_slice::<LocalError>(&bytes) {
+                Ok(e) => anyhow::Error::new(ApiError {
+                    status: status.as_u16(),
+                    code: e.error.code,
+                    message: e.error.message,
+                }),
+                Err(_) => anyhow!("the daemon answered {status}"),
+            });
         }
         serde_json::from_slice(&bytes).context("the daemon sent an unreadable answer")
     }
@@ -172,12 +268,41 @@ impl LocalClient {
         std::fs::read_to_string(&path)
             .map(|t| t.trim().to_owned())
             .map_err(|e| {
-                anyhow!(
-                    "cannot read the API token {}: {e} (run as the daemon's user, or pass --state-dir)",
-                    path.display()
-                )
+                Failure {
+                    exit: 5,
+                    code: "no_token",
+                    message: format!(
+                        "cannot read the API token {}: {e} (run as the daemon's user, e.g. with \
+                         sudo, or pass --state-dir)",
+                        path.display()
+                    ),
+                }
+                .into()
             })
     }
+}
+
+impl LocalClient {
+    fn print_invite(&self, r: &InviteResponse, headline: &str) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        print_invite(r, headline);
+        Ok(())
+    }
+
+    fn done(&self, r: &Done, human: &str) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        println!("{human}");
+        Ok(())
+    }
+}
+
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 fn print_invite(r: &InviteResponse, headline: &str) {

@@ -25,7 +25,7 @@ pub async fn run(c: &LocalClient, cmd: Option<GamesCmd>, json: bool) -> anyhow::
     let get = reqwest::Method::GET;
     match cmd.unwrap_or(GamesCmd::Running) {
         GamesCmd::Running => {
-            let s: GamesStatus = c.request(get, "/v1/games", None::<&()>).await?;
+            let s: GamesStatus = c.request(get, "/api/v1/games", None::<&()>).await?;
             print_json_or(json, &s.detected, |d| {
                 if d.is_empty() {
                     println!("No game running (scanned every {} s).", s.scan_interval_s);
@@ -46,7 +46,7 @@ pub async fn run(c: &LocalClient, cmd: Option<GamesCmd>, json: bool) -> anyhow::
             })
         }
         GamesCmd::Tuning => {
-            let s: GamesStatus = c.request(get, "/v1/games", None::<&()>).await?;
+            let s: GamesStatus = c.request(get, "/api/v1/games", None::<&()>).await?;
             print_json_or(json, &s.tuning, |t| match t {
                 None => println!("Nothing applied: nobody in the party plays a known game."),
                 Some(t) => {
@@ -65,7 +65,9 @@ pub async fn run(c: &LocalClient, cmd: Option<GamesCmd>, json: bool) -> anyhow::
             })
         }
         GamesCmd::Profiles => {
-            let r: ProfilesResponse = c.request(get, "/v1/games/profiles", None::<&()>).await?;
+            let r: ProfilesResponse = c
+                .request(get, "/api/v1/games/profiles", None::<&()>)
+                .await?;
             print_json_or(json, &r.profiles, |ps| {
                 for p in ps {
                     let ports: Vec<String> = p.ports.iter().map(ToString::to_string).collect();
@@ -85,7 +87,7 @@ pub async fn run(c: &LocalClient, cmd: Option<GamesCmd>, json: bool) -> anyhow::
             Ok(())
         }
         GamesCmd::History => {
-            let h: Vec<GameEvent> = c.request(get, "/v1/games/history", None::<&()>).await?;
+            let h: Vec<GameEvent> = c.request(get, "/api/v1/games/history", None::<&()>).await?;
             print_json_or(json, &h, |h| {
                 for e in h {
                     println!(
@@ -99,7 +101,7 @@ pub async fn run(c: &LocalClient, cmd: Option<GamesCmd>, json: bool) -> anyhow::
             })
         }
         GamesCmd::Library => {
-            let l: serde_json::Value = c.request(get, "/v1/games/library", None::<&()>).await?;
+            let l: serde_json::Value = c.request(get, "/api/v1/games/library", None::<&()>).await?;
             print_json_or(json, &l, |l| {
                 let items = l.as_array().cloned().unwrap_or_default();
                 if items.is_empty() {

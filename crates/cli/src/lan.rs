@@ -10,17 +10,10 @@ use crate::client::LocalClient;
 #[derive(clap::Subcommand)]
 pub enum LanCmd {
     /// What is forwarded, and the counters (the default).
-    Status {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// The last broadcast and multicast packets: who sent them, who got them, what was
     /// dropped and why.
     Trace {
-        /// Machine-readable output (every kept event).
-        #[arg(long)]
-        json: bool,
         /// Events shown in the table.
         #[arg(long, default_value_t = 20)]
         last: usize,
@@ -58,18 +51,18 @@ pub enum OnOff {
 }
 
 pub async fn run(c: &LocalClient, cmd: Option<LanCmd>) -> anyhow::Result<()> {
-    match cmd.unwrap_or(LanCmd::Status { json: false }) {
-        LanCmd::Status { json } => {
+    match cmd.unwrap_or(LanCmd::Status) {
+        LanCmd::Status => {
             let s: LanStatus = c
-                .request(reqwest::Method::GET, "/v1/lan", None::<&()>)
+                .request(reqwest::Method::GET, "/api/v1/lan", None::<&()>)
                 .await?;
-            print_json_or(json, &s, print_status)
+            print_json_or(c.json, &s, print_status)
         }
-        LanCmd::Trace { json, last } => {
+        LanCmd::Trace { last } => {
             let t: LanTrace = c
-                .request(reqwest::Method::GET, "/v1/lan/trace", None::<&()>)
+                .request(reqwest::Method::GET, "/api/v1/lan/trace", None::<&()>)
                 .await?;
-            print_json_or(json, &t, |t| print_trace(t, last))
+            print_json_or(c.json, &t, |t| print_trace(t, last))
         }
         LanCmd::Allow { items } => {
             let (ports, groups) = parse_items(&items)?;
@@ -135,9 +128,8 @@ pub async fn run(c: &LocalClient, cmd: Option<LanCmd>) -> anyhow::Result<()> {
 }
 
 async fn update(c: &LocalClient, u: LanUpdate) -> anyhow::Result<()> {
-    let s: LanStatus = c.post("/v1/lan/settings", &u).await?;
-    print_status(&s);
-    Ok(())
+    let s: LanStatus = c.post("/api/v1/lan/settings", &u).await?;
+    print_json_or(c.json, &s, print_status)
 }
 
 pub(crate) fn print_json_or<T: serde::Serialize>(

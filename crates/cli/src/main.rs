@@ -4,6 +4,7 @@
 mod client;
 mod games;
 mod lan;
+mod settings;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,10 +18,25 @@ use clap::{Parser, Subcommand};
     version,
     about = "LAN parties over the internet: one virtual LAN for your friends"
 )]
+#[command(after_help = EXIT_CODES)]
 struct Cli {
+    /// Machine-readable output (JSON on stdout; errors as {"error": {"code", "message"}}).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Cmd,
 }
+
+/// Documented in `lanrage --help` and docs/cli.md.
+const EXIT_CODES: &str = "Exit codes:
+  0  done
+  1  unexpected error
+  2  bad command line
+  3  the daemon is not running (start it with `lanrage up`)
+  4  refused: invite invalid or expired, party full or locked, not the host, not in a
+     party, a setting out of range
+  5  permission: not root / no CAP_NET_ADMIN, or the API token is unreadable
+  6  the control plane cannot be reached or failed, or the daemon could not do it";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -52,17 +68,32 @@ enum Cmd {
     Games {
         #[command(subcommand)]
         action: Option<games::GamesCmd>,
-        /// Machine-readable output.
-        #[arg(long, global = true)]
-        json: bool,
         #[command(flatten)]
         local: client::LocalArgs,
     },
     /// Show this daemon's party, peers, paths and latencies.
     Status {
-        /// Machine-readable output.
+        #[command(flatten)]
+        local: client::LocalArgs,
+    },
+    /// NAT type, public address, relays, and each member's latency and path over the last
+    /// five minutes.
+    Network {
+        #[command(flatten)]
+        local: client::LocalArgs,
+    },
+    /// Show or change settings: your player name and LAN emulation.
+    Settings {
+        #[command(subcommand)]
+        action: Option<settings::SettingsCmd>,
+        #[command(flatten)]
+        local: client::LocalArgs,
+    },
+    /// Print the web UI's address, with the token that lets it control the party.
+    Ui {
+        /// Also open it in the default browser (xdg-open).
         #[arg(long)]
-        json: bool,
+        open: bool,
         #[command(flatten)]
         local: client::LocalArgs,
     },
@@ -243,23 +274,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     let result = runtime.block_on(dispatch(cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let (exit, code) = client::classify(&e);
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if json {
+                let body = lanrage_proto::local::LocalError::new(code, format!("{e:#}"));
+                if let Ok(text) = serde_json::to_string_pretty(&body) {
+                    println!("{text}");
+                }
+            }
+            ExitCode::from(exit)
         }
     }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    let local = |l: &client::LocalArgs| client::LocalClient::new(l).with_json(json);
     match cli.command {
         Cmd::Up(args) => up(args).await,
         Cmd::Control(args) => control(args).await,
         Cmd::Relay(args) => relay(args).await,
-        Cmd::Party { action, local } => {
-            let c = client::LocalClient::new(&local);
+        Cmd::Party { action, local: l } => {
+            let c = local(&l);
             match action {
                 PartyCmd::Create {
                     name,
@@ -274,13 +315,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 PartyCmd::Unlock => c.lock(false).await,
             }
         }
-        Cmd::Lan { action, local } => lan::run(&client::LocalClient::new(&local), action).await,
-        Cmd::Games {
-            action,
-            json,
-            local,
-        } => games::run(&client::LocalClient::new(&local), action, json).await,
-        Cmd::Status { json, local } => client::LocalClient::new(&local).status(json).await,
+        Cmd::Lan { action, local: l } => lan::run(&local(&l), action).await,
+        Cmd::Games { action, local: l } => games::run(&local(&l), action, json).await,
+        Cmd::Status { local: l } => local(&l).status(json).await,
+        Cmd::Network { local: l } => settings::network(&local(&l)).await,
+        Cmd::Settings { action, local: l } => settings::run(&local(&l), action).await,
+        Cmd::Ui { open, local: l } => settings::ui(&local(&l), open),
     }
 }
 
@@ -295,6 +335,7 @@ fn init_logging() {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     init_logging();
+    client::check_net_admin()?;
     let mut config = lanrage_daemon::DaemonConfig::new(
         args.state_dir
             .unwrap_or_else(lanrage_daemon::default_state_dir),

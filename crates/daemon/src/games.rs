@@ -95,7 +95,7 @@ pub fn load(sources: &Sources) -> (Vec<Profile>, Vec<ProfileError>) {
 }
 
 /// A game installed in a local Steam library.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Installed {
     pub app_id: u32,
     pub name: String,
@@ -138,7 +138,12 @@ impl Drop for Handle {
 }
 
 /// Starts detection: a scan every `every` (none when zero), tuning sent to `dataplane`.
-pub fn start(sources: Sources, every: Duration, dataplane: DataPlane) -> Handle {
+pub fn start(
+    sources: Sources,
+    every: Duration,
+    dataplane: DataPlane,
+    changes: Arc<tokio::sync::Notify>,
+) -> Handle {
     let (local_tx, local) = watch::channel(Vec::new());
     let (party, party_rx) = watch::channel(Vec::new());
     let view = Arc::new(RwLock::new(View {
@@ -152,6 +157,7 @@ pub fn start(sources: Sources, every: Duration, dataplane: DataPlane) -> Handle 
         Arc::clone(&view),
         local_tx,
         party_rx,
+        changes,
     ));
     Handle {
         view,
@@ -175,6 +181,7 @@ async fn run(
     view: Arc<RwLock<View>>,
     local_tx: watch::Sender<Vec<String>>,
     mut party_rx: watch::Receiver<Vec<String>>,
+    changes: Arc<tokio::sync::Notify>,
 ) {
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
     let _watcher = watch_dirs(&sources.dirs, changed_tx);
@@ -272,6 +279,7 @@ async fn run(
             dataplane.set_games(want.clone()).await;
             applied = want;
         }
+        changes.notify_one();
         tokio::select! {
             _ = tick.tick() => {}
             r = party_rx.changed() => if r.is_err() { return },

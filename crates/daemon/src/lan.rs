@@ -25,7 +25,7 @@ use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
 use lanrage_core::lan;
-use lanrage_proto::local::{LanSettings, LanUpdate};
+use lanrage_proto::local::{LanSettings, LanSettingsUpdate, LanUpdate};
 
 use crate::dataplane::TUN_NAME;
 
@@ -51,6 +51,49 @@ pub fn from_core(s: &lan::Settings) -> LanSettings {
         rate_packets_per_s: s.rate_packets,
         rate_bytes_per_s: s.rate_bytes,
     }
+}
+
+/// Applies a settings-page change (lists replace the whole list); a message naming the bad
+/// field (`lan.ports`, …) when it is invalid.
+pub fn apply_patch(
+    current: &lan::Settings,
+    p: &LanSettingsUpdate,
+) -> Result<lan::Settings, String> {
+    if let Some(ports) = &p.ports
+        && ports.contains(&0)
+    {
+        return Err("lan.ports: 0 is not a UDP port (1-65535)".into());
+    }
+    if let Some(g) = p.groups.iter().flatten().find(|g| !g.is_multicast()) {
+        return Err(format!(
+            "lan.groups: {g} is not a multicast group (224.0.0.0 to 239.255.255.255)"
+        ));
+    }
+    let u = LanUpdate {
+        all: p.all,
+        physical: p.physical,
+        allow_ports: p.ports.clone().unwrap_or_default(),
+        remove_ports: p.ports.as_ref().map_or_else(Vec::new, |new| {
+            current
+                .ports
+                .iter()
+                .filter(|x| !new.contains(x))
+                .copied()
+                .collect()
+        }),
+        allow_groups: p.groups.clone().unwrap_or_default(),
+        remove_groups: p.groups.as_ref().map_or_else(Vec::new, |new| {
+            current
+                .groups
+                .iter()
+                .filter(|x| !new.contains(x))
+                .copied()
+                .collect()
+        }),
+        rate_packets_per_s: p.rate_packets_per_s,
+        rate_bytes_per_s: p.rate_bytes_per_s,
+    };
+    apply_update(current, &u).map_err(|m| format!("lan.{m}"))
 }
 
 /// Applies a change to `current`; a message naming the bad field when it is invalid.

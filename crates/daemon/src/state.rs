@@ -175,6 +175,42 @@ impl State {
         self.set_setting("lan", settings).await
     }
 
+    /// The player name saved in the settings, if ever set.
+    pub async fn player_name(&self) -> anyhow::Result<Option<String>> {
+        self.setting(
+            "player_name",
+            "the saved player name is unreadable; using the host name",
+        )
+        .await
+    }
+
+    /// Saves a settings change in one transaction: all of it or none.
+    pub async fn save_settings(
+        &self,
+        player_name: Option<&str>,
+        lan: Option<&lanrage_proto::local::LanSettings>,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let upsert = "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        if let Some(name) = player_name {
+            sqlx::query(upsert)
+                .bind("player_name")
+                .bind(serde_json::to_string(name)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(lan) = lan {
+            sqlx::query(upsert)
+                .bind("lan")
+                .bind(serde_json::to_string(lan)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A JSON value from the settings table; an unreadable one is logged and ignored.
     async fn setting<T: serde::de::DeserializeOwned>(
         &self,

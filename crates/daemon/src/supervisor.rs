@@ -52,17 +52,20 @@ pub struct Shared {
     pub party: Option<PartyView>,
 }
 
-/// An error for the local API: an HTTP status and one sentence.
+/// An error for the local API: an HTTP status, a stable code and one sentence saying what
+/// to do.
 #[derive(Debug, Clone)]
 pub struct LocalError {
     pub status: u16,
+    pub code: String,
     pub message: String,
 }
 
 impl LocalError {
-    fn new(status: u16, message: impl Into<String>) -> Self {
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
+            code: code.into(),
             message: message.into(),
         }
     }
@@ -70,6 +73,7 @@ impl LocalError {
     fn not_in_party() -> Self {
         Self::new(
             409,
+            "not_in_party",
             "not in a party; create one or join with an invite code",
         )
     }
@@ -77,11 +81,42 @@ impl LocalError {
 
 impl From<ClientError> for LocalError {
     fn from(e: ClientError) -> Self {
-        let status = match &e {
-            ClientError::Api { status, .. } if *status < 500 => *status,
-            _ => 502,
-        };
-        Self::new(status, e.to_string())
+        match e {
+            ClientError::Unreachable { url, reason } => Self::new(
+                502,
+                "control_unreachable",
+                format!(
+                    "cannot reach the party's control plane at {url} ({reason}); check this \
+                     device's internet connection, or ask the host whether LANrage is running"
+                ),
+            ),
+            ClientError::Api {
+                status,
+                code,
+                message,
+            } if status < 500 => {
+                let (code, message) = match code.as_str() {
+                    "party_not_found" => (
+                        "invite_expired",
+                        "this invite no longer works: the party has ended; ask the host for a \
+                         fresh invite"
+                            .to_owned(),
+                    ),
+                    "wrong_secret" | "missing_secret" => ("invite_invalid", message),
+                    "party_full" => (
+                        "party_full",
+                        format!("{message}; ask the host to make room or raise the limit"),
+                    ),
+                    _ => (code.as_str(), message),
+                };
+                Self::new(status, code, message)
+            }
+            e @ (ClientError::Api { .. } | ClientError::Protocol(_)) => Self::new(
+                502,
+                "control_error",
+                format!("the control plane failed: {e}; try again in a moment"),
+            ),
+        }
     }
 }
 
@@ -100,6 +135,8 @@ pub enum Command {
     Kick(String, oneshot::Sender<Result<(), LocalError>>),
     Lock(bool, oneshot::Sender<Result<(), LocalError>>),
     Invite(oneshot::Sender<Result<InviteResponse, LocalError>>),
+    /// The name used for the next party created or joined.
+    SetName(String, oneshot::Sender<Result<(), LocalError>>),
 }
 
 /// What a started daemon tells its caller.
@@ -129,10 +166,16 @@ pub async fn run(
     let secret = state.device_key()?;
     let api_token = state.api_token()?;
     let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
-    let name = config
-        .player_name
-        .clone()
-        .unwrap_or_else(default_player_name);
+    // `--name` wins for this run; else what the player saved in the settings; else the
+    // machine's host name.
+    let name = match &config.player_name {
+        Some(n) => n.clone(),
+        None => state
+            .player_name()
+            .await?
+            .unwrap_or_else(default_player_name),
+    };
+    let changes = Arc::new(tokio::sync::Notify::new());
 
     let (control_url, embedded) = match &config.control {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
@@ -158,6 +201,7 @@ pub async fn run(
         crate::games::Sources { dirs: profile_dirs },
         config.game_scan,
         dataplane.clone(),
+        Arc::clone(&changes),
     );
     let shared = Arc::new(RwLock::new(Shared {
         key,
@@ -183,7 +227,8 @@ pub async fn run(
             api_token,
             api_addr.port(),
         )
-        .with_games(Arc::clone(&games.view)),
+        .with_games(Arc::clone(&games.view))
+        .with_changes(Arc::clone(&changes)),
         async {
             let _ = api_stop_rx.await;
         },
@@ -216,6 +261,7 @@ pub async fn run(
         events_tx,
         ice_next: None,
         games,
+        changes,
     };
     sup.resume().await;
     sup.run(cmd_rx, events_rx, shutdown).await;
@@ -403,6 +449,8 @@ struct Supervisor {
     ice_next: Option<std::time::Instant>,
     /// Game detection: what runs here, and what the party plays.
     games: crate::games::Handle,
+    /// Woken after every change the local API's event stream shows.
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl Supervisor {
@@ -500,6 +548,12 @@ impl Supervisor {
                 let r = self.lock(locked).await;
                 let _ = reply.send(r);
             }
+            Command::SetName(name, reply) => {
+                self.name = name.clone();
+                self.shared.write().await.name = name;
+                self.changes.notify_one();
+                let _ = reply.send(Ok(()));
+            }
             Command::Invite(reply) => {
                 let r = self
                     .session
@@ -523,7 +577,11 @@ impl Supervisor {
             })
             .await?;
         let invite: InviteCode = resp.invite.parse().map_err(|e| {
-            LocalError::new(502, format!("the control plane sent a bad invite: {e}"))
+            LocalError::new(
+                502,
+                "control_error",
+                format!("the control plane sent a bad invite: {e}"),
+            )
         })?;
         if self.session.is_some() {
             self.leave_current().await;
@@ -538,9 +596,13 @@ impl Supervisor {
         code: &str,
         name: Option<String>,
     ) -> Result<InviteResponse, LocalError> {
-        let invite: InviteCode = code
-            .parse()
-            .map_err(|e: lanrage_proto::InviteError| LocalError::new(400, e.to_string()))?;
+        let invite: InviteCode = code.parse().map_err(|e: lanrage_proto::InviteError| {
+            LocalError::new(
+                400,
+                "invite_invalid",
+                format!("{e}; copy the whole code the host shared (it starts with lr1-)"),
+            )
+        })?;
         let player_name = name.unwrap_or_else(|| self.name.clone());
         let req = JoinPartyRequest {
             secret: Some(invite.secret),
@@ -583,7 +645,19 @@ impl Supervisor {
         {
             // A member that cannot route would only black-hole its friends' packets.
             self.leave_current().await;
-            return Err(LocalError::new(500, e));
+            return Err(
+                if e.contains("Operation not permitted") || e.contains("Permission denied") {
+                    LocalError::new(
+                        500,
+                        "no_tun_permission",
+                        "LANrage cannot create its network interface: permission denied; run the \
+                     daemon as root (`sudo lanrage up`) or grant it CAP_NET_ADMIN \
+                     (`sudo setcap cap_net_admin+ep $(command -v lanrage)`)",
+                    )
+                } else {
+                    LocalError::new(500, "setup_failed", e)
+                },
+            );
         }
         self.refresh_ice().await;
         self.publish_candidates().await;
@@ -591,7 +665,11 @@ impl Supervisor {
             .as_ref()
             .map(|s| invite_response(s, &self.key))
             .ok_or_else(|| {
-                LocalError::new(500, "the party could not be set up; see the daemon log")
+                LocalError::new(
+                    500,
+                    "setup_failed",
+                    "the party could not be set up; see the daemon log",
+                )
             })
     }
 
@@ -822,6 +900,7 @@ impl Supervisor {
         });
         s.view = Some(view.clone());
         self.shared.write().await.party = Some(view);
+        self.changes.notify_one();
         if changed {
             self.save_membership().await;
         }
@@ -932,6 +1011,7 @@ impl Supervisor {
         let mut shared = self.shared.write().await;
         shared.party = None;
         shared.control = "idle".into();
+        self.changes.notify_one();
     }
 
     async fn save_membership(&self) {
@@ -948,6 +1028,7 @@ impl Supervisor {
 
     async fn set_control(&self, status: String) {
         self.shared.write().await.control = status;
+        self.changes.notify_one();
     }
 }
 

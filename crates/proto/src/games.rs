@@ -49,7 +49,7 @@ pub const FIELDS: &[&str] = &[
 ];
 
 /// One game's profile, validated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     pub id: String,
     pub name: String,
@@ -71,6 +71,7 @@ pub struct Profile {
     #[serde(default)]
     pub discovery_ports: Vec<PortRange>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>, format = Ipv4)]
     pub multicast_groups: Vec<Ipv4Addr>,
     /// Seconds between keepalives, when the game needs its own.
     #[serde(default)]
@@ -91,7 +92,7 @@ pub struct Profile {
 /// A process a profile recognises: its name (glob `*` and `?` allowed), and optionally
 /// a glob one of its command-line arguments must match (for shared engines and
 /// interpreters: `ioq3ded`, `java`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Executable {
     Name(String),
@@ -113,7 +114,7 @@ impl Executable {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Udp,
@@ -132,7 +133,9 @@ impl Protocol {
 }
 
 /// How a game's packets are treated next to bulk traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Low,
@@ -226,6 +229,28 @@ impl PortSpec {
     }
 }
 
+impl utoipa::PartialSchema for PortRange {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(65535)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]{1,5}-[0-9]{1,5}$")),
+            )
+            .description(Some("A UDP/TCP port, or an inclusive range \"a-b\"."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PortRange {}
+
 impl Serialize for PortRange {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if self.start == self.end {
@@ -246,7 +271,19 @@ impl<'de> Deserialize<'de> for PortRange {
 
 /// How a game was recognised, strongest first: its process, one of its windows, or a
 /// port it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Port,
@@ -260,7 +297,7 @@ pub const DEFINITELY: f64 = 0.9;
 pub const PROBABLY: f64 = 0.6;
 
 /// A game running on this device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Detection {
     pub id: String,
     pub name: String,
@@ -288,7 +325,7 @@ impl Detection {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Started,
@@ -296,7 +333,7 @@ pub enum EventKind {
 }
 
 /// A game starting or stopping, for the history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GameEvent {
     pub at_ms: u64,
     pub event: EventKind,
@@ -308,7 +345,7 @@ pub struct GameEvent {
 }
 
 /// A problem in a profile file: where, and what.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProfileError {
     pub file: String,
     /// The game whose table is wrong (`None` when the whole file is unreadable).

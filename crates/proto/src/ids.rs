@@ -180,6 +180,32 @@ serde_via_str!(PartyId);
 serde_via_str!(PartySecret);
 serde_via_str!(DeviceKey);
 
+/// OpenAPI: these ids travel as strings.
+macro_rules! schema_as_string {
+    ($t:ty, $pattern:expr, $doc:expr) => {
+        impl utoipa::PartialSchema for $t {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some($pattern))
+                    .description(Some($doc))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $t {}
+    };
+}
+schema_as_string!(
+    PartyId,
+    "^[0-9a-f]{16}$",
+    "A party id: 16 lowercase hex digits."
+);
+schema_as_string!(
+    DeviceKey,
+    "^[A-Za-z0-9+/]{43}=$",
+    "A device's X25519 public key, base64."
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ pub const API_TOKEN_FILE: &str = "api.token";
 pub const API_TOKEN_HEADER: &str = "x-lanrage-token";
 
 /// How packets reach a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PathKind {
     Direct,
@@ -33,9 +33,10 @@ impl PathKind {
     }
 }
 
-/// `GET /v1/status`. Field names are a contract: scripts depend on them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /api/v1/status`. Field names are a contract: scripts depend on them.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub virtual_ip: Option<Ipv4Addr>,
     pub public_key: DeviceKey,
     pub name: String,
@@ -50,6 +51,7 @@ pub struct Status {
     pub nat: Option<NatStatus>,
     /// Relayed addresses this daemon holds on TURN relays (its fallback candidates).
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub relayed: Vec<SocketAddr>,
     /// The port the home router forwards to this daemon, when it grants one.
     #[serde(default)]
@@ -60,25 +62,28 @@ pub struct Status {
 }
 
 /// A port mapping granted by the default gateway.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PortMappingStatus {
     /// `pcp` or `nat-pmp`.
     pub protocol: String,
     /// The router's public address and port that forward here (a candidate for peers).
+    #[schema(value_type = String)]
     pub external: SocketAddr,
+    #[schema(value_type = String, format = Ipv4)]
     pub gateway: std::net::Ipv4Addr,
     /// Seconds until the lease ends unless renewed (it is renewed at half).
     pub expires_in_s: u64,
 }
 
 /// This device's NAT as classified through STUN (RFC 4787 terms).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NatStatus {
     /// `endpoint_independent`, `address_dependent`, `address_and_port_dependent`,
     /// `endpoint_dependent` (dependent, granularity unknown) or `unknown`.
     pub mapping: String,
     /// `unknown` until a server can test it.
     pub filtering: String,
+    #[schema(value_type = Option<String>)]
     pub public_addr: Option<SocketAddr>,
     pub port_preserved: Option<bool>,
     /// How long the NAT keeps an idle UDP binding (RFC 5780 §4.6), once measured.
@@ -91,7 +96,7 @@ pub struct NatStatus {
 }
 
 /// The NAT's idle binding lifetime, as a bracket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BindingLifetime {
     /// The longest idle time a binding survived.
     pub at_least_s: f64,
@@ -102,7 +107,7 @@ pub struct BindingLifetime {
 }
 
 /// The party this daemon is in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PartyStatus {
     pub id: PartyId,
     pub name: String,
@@ -117,9 +122,10 @@ pub struct PartyStatus {
 }
 
 /// Another member as this daemon sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberStatus {
     pub name: String,
+    #[schema(value_type = String, format = Ipv4)]
     pub virtual_ip: Ipv4Addr,
     pub public_key: DeviceKey,
     pub path: PathKind,
@@ -127,9 +133,11 @@ pub struct MemberStatus {
     pub latency_ms: Option<f64>,
     pub online: bool,
     /// Where packets to the member go: its address, or the address a relay sees it at.
+    #[schema(value_type = Option<String>)]
     pub endpoint: Option<SocketAddr>,
     /// The relay address traffic passes through, when the path is relayed.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub relay: Option<SocketAddr>,
     /// How often the path to this member changed (start, upgrades, failovers).
     #[serde(default)]
@@ -140,14 +148,14 @@ pub struct MemberStatus {
 }
 
 /// A game a member plays: its profile id and name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlayingGame {
     pub id: String,
     pub name: String,
 }
 
-/// `GET /v1/games`: what runs here, what the party plays, and what is applied.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /api/v1/games`: what runs here, what the party plays, and what is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GamesStatus {
     /// Games running on this device, most confident first.
     pub detected: Vec<crate::games::Detection>,
@@ -162,20 +170,21 @@ pub struct GamesStatus {
 }
 
 /// What the running games changed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GameTuning {
     /// Ports whose packets go first and carry DSCP EF (46).
     pub priority_ports: Vec<crate::games::PortRange>,
     pub dscp: u8,
     /// Discovery ports and groups LAN emulation carries for the games.
     pub lan_ports: Vec<u16>,
+    #[schema(value_type = Vec<String>, format = Ipv4)]
     pub lan_groups: Vec<Ipv4Addr>,
     pub mtu: u16,
     pub keepalive_s: f64,
 }
 
-/// `GET /v1/games/profiles`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /api/v1/games/profiles`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProfilesResponse {
     pub profiles: Vec<crate::games::Profile>,
     /// Problems in profile files (each skipped game or file).
@@ -183,7 +192,7 @@ pub struct ProfilesResponse {
 }
 
 /// The data plane's own view: what WireGuard actually has configured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WireguardStatus {
     pub listen_port: u16,
     pub interface: Option<String>,
@@ -193,18 +202,21 @@ pub struct WireguardStatus {
 }
 
 /// One configured WireGuard peer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WireguardPeer {
     pub public_key: DeviceKey,
+    #[schema(value_type = String, format = Ipv4)]
     pub virtual_ip: Ipv4Addr,
+    #[schema(value_type = Option<String>)]
     pub endpoint: Option<SocketAddr>,
     pub last_handshake_s: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
 }
 
-/// `POST /v1/party/create`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /api/v1/party/create`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     pub name: String,
     #[serde(default)]
@@ -213,43 +225,164 @@ pub struct CreateRequest {
     pub player_name: Option<String>,
 }
 
-/// `POST /v1/party/join`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /api/v1/party/join`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub invite: String,
     #[serde(default)]
     pub player_name: Option<String>,
 }
 
-/// `POST /v1/party/kick`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /api/v1/party/kick`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KickRequest {
     pub member: String,
 }
 
-/// `POST /v1/party/lock`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /api/v1/party/lock`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LockRequest {
     pub locked: bool,
 }
 
 /// Reply of create, join and invite.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InviteResponse {
     pub invite: String,
     pub party_id: PartyId,
     pub party_name: String,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub virtual_ip: Option<Ipv4Addr>,
 }
 
-/// Body of every local API error.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Body of every local API error: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LocalError {
-    pub error: String,
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code for programs and one sentence, with what to do, for
+/// people.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`,
+    /// `payload_too_large`, `not_in_party`, `already_in_party`, `invite_invalid`,
+    /// `invite_expired`, `party_full`, `party_locked`, `not_host`, `member_not_found`,
+    /// `control_unreachable`, `unavailable`, `storage`, …
+    pub code: String,
+    pub message: String,
+}
+
+impl LocalError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// The answer of calls that only succeed or fail (leave, kick, lock).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Done {
+    pub ok: bool,
+}
+
+/// `GET /api/v1/settings`: what the player can change, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Settings {
+    /// The name other members see, used for the next party created or joined.
+    pub player_name: String,
+    pub lan: LanSettings,
+}
+
+/// `PATCH /api/v1/settings`: absent fields stay as they are; lists replace the whole list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanSettingsUpdate>,
+}
+
+/// Part of `SettingsUpdate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LanSettingsUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub groups: Option<Vec<Ipv4Addr>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_packets_per_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_s: Option<u32>,
+}
+
+/// `GET /api/v1/quality`: each member's latency and path, one sample a second for the
+/// last five minutes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Quality {
+    pub peers: Vec<PeerSeries>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PeerSeries {
+    pub public_key: DeviceKey,
+    pub name: String,
+    pub samples: Vec<QualitySample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QualitySample {
+    pub at_unix_ms: u64,
+    pub latency_ms: Option<f64>,
+    pub path: PathKind,
+}
+
+/// The `sample` event: every member's latency and path at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Sample {
+    pub at_unix_ms: u64,
+    pub peers: Vec<PeerSample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PeerSample {
+    pub public_key: DeviceKey,
+    pub latency_ms: Option<f64>,
+    pub path: PathKind,
+}
+
+/// A message on the `/api/v1/events` WebSocket: `{"type": …, "data": …}`. On connect the
+/// daemon sends `status`, `games`, `lan`, `settings` and `quality`; then each again when it
+/// changes, a `sample` every second, and `lan_events` as broadcasts pass.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum Event {
+    Status(Status),
+    Games(GamesStatus),
+    Lan(LanStatus),
+    Settings(Settings),
+    Quality(Quality),
+    Sample(Sample),
+    LanEvents(Vec<LanEvent>),
 }
 
 /// LAN emulation settings the player controls (`lanrage lan …`), kept across restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LanSettings {
     /// Forward every UDP port and every multicast group.
@@ -263,14 +396,15 @@ pub struct LanSettings {
     pub ports: Vec<u16>,
     /// The allow-list of multicast groups.
     #[serde(default)]
+    #[schema(value_type = Vec<String>, format = Ipv4)]
     pub groups: Vec<Ipv4Addr>,
     /// Per-source limits against broadcast storms.
     pub rate_packets_per_s: u32,
     pub rate_bytes_per_s: u32,
 }
 
-/// `POST /v1/lan/settings`: a change; absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `POST /api/v1/lan/settings`: a change; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LanUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,8 +416,10 @@ pub struct LanUpdate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_ports: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>, format = Ipv4)]
     pub allow_groups: Vec<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>, format = Ipv4)]
     pub remove_groups: Vec<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_packets_per_s: Option<u32>,
@@ -291,18 +427,20 @@ pub struct LanUpdate {
     pub rate_bytes_per_s: Option<u32>,
 }
 
-/// `GET /v1/lan`: what is forwarded and the counters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /api/v1/lan`: what is forwarded and the counters.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanStatus {
     pub settings: LanSettings,
     /// Every forwarded port: defaults, allow-list and running games' profiles (unless
     /// `settings.all`).
     pub forwarded_ports: Vec<u16>,
     /// Every multicast group routed into the party.
+    #[schema(value_type = Vec<String>, format = Ipv4)]
     pub forwarded_groups: Vec<Ipv4Addr>,
     pub default_ports: Vec<u16>,
     pub profile_ports: Vec<u16>,
     /// Groups local programs joined on the party interface.
+    #[schema(value_type = Vec<String>, format = Ipv4)]
     pub joined_groups: Vec<Ipv4Addr>,
     /// Whether the physical interface is watched, and why not if it should be.
     pub physical_capture: bool,
@@ -311,7 +449,7 @@ pub struct LanStatus {
 }
 
 /// LAN emulation counters since the daemon started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanCounters {
     /// Broadcast/multicast UDP packets this device sent (TUN or physical).
     pub captured: u64,
@@ -333,14 +471,14 @@ pub struct LanCounters {
     pub unsupported: u64,
 }
 
-/// `GET /v1/lan/trace`: the last broadcast and multicast events, oldest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /api/v1/lan/trace`: the last broadcast and multicast events, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanTrace {
     pub events: Vec<LanEvent>,
 }
 
 /// One broadcast or multicast packet and what became of it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanEvent {
     pub at_unix_ms: u64,
     /// `out` (this device sent it) or `in` (a member sent it).
@@ -349,7 +487,9 @@ pub struct LanEvent {
     pub via: String,
     /// `broadcast`, `limited-broadcast` or `multicast`.
     pub kind: String,
+    #[schema(value_type = String)]
     pub src: SocketAddrV4,
+    #[schema(value_type = String)]
     pub dst: SocketAddrV4,
     pub size: usize,
     /// Who sent it, for `in` events.
@@ -364,14 +504,16 @@ pub struct LanEvent {
 }
 
 /// A party member named in a trace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanMember {
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanSkipped {
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     pub name: Option<String>,
     pub reason: String,
