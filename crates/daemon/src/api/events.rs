@@ -129,7 +129,7 @@ pub async fn run(st: ApiState) {
         };
         let sample_now = ticked && {
             ticks = ticks.wrapping_add(1);
-            ticks % SAMPLE_EVERY == 0
+            ticks.is_multiple_of(SAMPLE_EVERY)
         };
         let Some(view) = st.dataplane.lan().await else {
             return;
