@@ -3,6 +3,7 @@
 
 mod games;
 mod harness;
+mod web;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -171,10 +171,29 @@ pub(super) struct Body<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
     type Rejection = Response;
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(body_error(&e)),
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(|e| body_error(&e))?;
+        // serde would also build a struct from `[]` or `null`; a body is one JSON object.
+        if !value.is_object() {
+            return Err(error(
+                400,
+                "bad_request",
+                "invalid request body: expected a JSON object {…}",
+            ));
         }
+        serde_path_to_error::deserialize(value)
+            .map(Body)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let message = if path == "." {
+                    format!("invalid request body: {inner}")
+                } else {
+                    format!("invalid request body: {path}: {inner}")
+                };
+                error(400, "bad_request", message)
+            })
     }
 }
 

@@ -54,7 +54,7 @@ pub(super) async fn serve(State(st): State<ApiState>, method: Method, uri: Uri) 
         let csp = format!(
             "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
              img-src 'self' data:; connect-src 'self' ws://127.0.0.1:{port} \
-             ws://localhost:{port} ws://[::1]:{port}; frame-ancestors 'none'; \
+             ws://localhost:{port}; frame-ancestors 'none'; \
              base-uri 'none'; form-action 'self'"
         );
         if let Ok(v) = HeaderValue::from_str(&csp) {
