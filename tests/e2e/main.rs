@@ -239,11 +239,31 @@ fn stderr_of(out: &std::process::Output) -> String {
 #[test]
 fn bad_invites_locked_and_full_parties_are_refused() {
     let mut lab = Lab::new("refuse", 3);
-    // The daemon is not running yet.
+    // The daemon is not running yet: exit 3, and with --json the same as a JSON error.
     let out = lab.cli(1, &["status"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3));
     assert!(
-        stderr_of(&out).contains("daemon is not running"),
+        stderr_of(&out).contains("daemon is not running") && stderr_of(&out).contains("lanrage up"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = lab.cli(1, &["status", "--json"]);
+    let err: Value = serde_json::from_slice(&out.stdout).expect("JSON error on stdout");
+    assert_eq!(err["error"]["code"], "daemon_not_running");
+    // No TUN permission: `up` says what to do and exits 5 before creating anything.
+    let out = run(Lab::in_ns(&lab.player_ns(1), "setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "up",
+            "--state-dir",
+        ])
+        .arg(std::env::temp_dir().join("lanrage-nobody")));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("run it as root") && stderr_of(&out).contains("CAP_NET_ADMIN"),
         "{}",
         stderr_of(&out)
     );
@@ -276,7 +296,7 @@ fn bad_invites_locked_and_full_parties_are_refused() {
     for (bad, expect) in cases {
         let out = lab.cli(2, &["party", "join", bad]);
         let err = stderr_of(&out);
-        assert!(!out.status.success(), "join with {bad:?} succeeded");
+        assert_eq!(out.status.code(), Some(4), "join with {bad:?}: {err}");
         assert!(err.contains(expect), "join with {bad:?}: {err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
@@ -293,9 +313,15 @@ fn bad_invites_locked_and_full_parties_are_refused() {
     );
     lab.cli_ok(1, &["party", "unlock"]);
     lab.cli_ok(2, &["party", "join", &invite]);
-    let out = lab.cli(3, &["party", "join", &invite]);
-    assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("full"), "{}", stderr_of(&out));
+    let out = lab.cli(3, &["party", "join", &invite, "--json"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr_of(&out).contains("full") && stderr_of(&out).contains("ask the host"),
+        "{}",
+        stderr_of(&out)
+    );
+    let err: Value = serde_json::from_slice(&out.stdout).expect("JSON error on stdout");
+    assert_eq!(err["error"]["code"], "party_full");
     assert_eq!(
         stderr_of(&out).lines().count(),
         1,
@@ -314,6 +340,16 @@ fn bad_invites_locked_and_full_parties_are_refused() {
         lab.try_status(2)?["party"].is_null().then_some(())
     });
     assert!(kicked.is_some(), "p2 still in the party after the kick");
+    // The control plane is gone: a join says so, with what to do, and exits 6.
+    lab.kill_control();
+    let out = lab.cli(2, &["party", "join", &invite]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("cannot reach the party's control plane")
+            && stderr_of(&out).contains("ask the host"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 /// Twenty players joining at the same instant get twenty distinct addresses.
