@@ -196,7 +196,7 @@ async function api(method, path, body, { auth = method !== 'GET' } = {}) {
   if (!res.ok) {
     const msg = errorMessage(data, text, res.status);
     const code = data && data.error && typeof data.error === 'object' ? data.error.code : data && data.code;
-    if (res.status === 401) {
+    if (res.status === 401 && code === 'unauthorized') {
       setToken(null);
       showReadOnly();
     }
@@ -338,7 +338,7 @@ function addTrace(events, snapshot) {
 
 function renderChrome() {
   const st = state.status;
-  setText($('#st-name'), st ? st.name || '–' : '–');
+  setText($('#st-name'), st ? (st.party && st.party.player_name) || st.name || '–' : '–');
   setText($('#st-ip'), st && st.virtual_ip ? st.virtual_ip : '–');
   const ctl = $('#st-control');
   const control = st ? st.control : '';
@@ -554,7 +554,7 @@ function updatePartyIn(ctx, st, type) {
       badge(`${party.members.length + 1} in party`, ''));
     ctx.facts.replaceChildren(kv([
       ['Host', party.host],
-      ['Your name', st.name],
+      ['Your name', party.player_name || st.name],
       ['Your virtual IP', h('span', { class: 'mono' }, st.virtual_ip || '–')],
       ['Locked', party.locked ? 'yes — nobody new can join' : 'no'],
     ]));
@@ -618,20 +618,21 @@ async function copyInvite(ctx) {
 }
 
 function syncMembers(tbody, members, isHost) {
-  const rows = new Map([...tbody.children].map((tr) => [tr.dataset.member, tr]));
+  // Rows are keyed by public key: two friends may well share a name.
+  const rows = new Map([...tbody.children].map((tr) => [tr.dataset.key, tr]));
   members.forEach((m, i) => {
-    let tr = rows.get(m.name);
-    if (tr) rows.delete(m.name);
-    else tr = memberRow(m.name);
+    let tr = rows.get(m.public_key);
+    if (tr) rows.delete(m.public_key);
+    else tr = memberRow(m.name, m.public_key);
     fillMember(tr, m, isHost);
     if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
   });
   for (const tr of rows.values()) tr.remove();
 }
 
-function memberRow(name) {
+function memberRow(name, key) {
   const td = (cls, label) => h('td', { class: cls, 'data-label': label });
-  const tr = h('tr', { dataset: { member: name } },
+  const tr = h('tr', { dataset: { member: name, key } },
     td('m-name', 'Name'), td('m-ip mono', 'Virtual IP'), td('m-path', 'Path'), td('m-latency num', 'Latency'),
     h('td', { class: 'm-trend', 'data-label': 'Last 2 min' }, svg('svg', { class: 'sparkline', role: 'img' })),
     td('m-game', 'Playing'), td('m-actions', ''));
@@ -660,7 +661,7 @@ function fillMember(tr, m, isHost) {
   if (isHost && !kick) {
     kick = h('button', { type: 'button', class: 'btn btn-small btn-danger kick', 'aria-label': `Kick ${m.name}` }, 'Kick');
     kick.addEventListener('click', async () => {
-      const r = await act(kick, () => api('POST', '/party/kick', { member: m.name }));
+      const r = await act(kick, () => api('POST', '/party/kick', { member: m.public_key }));
       if (r.ok) {
         toast(`${m.name} was removed from the party.`, 'info');
         $('#members-title').focus();
@@ -1037,7 +1038,7 @@ pages.settings = {
     ctx.save = h('button', { id: 'settings-save', type: 'submit', class: 'btn btn-primary' }, 'Save changes');
     ctx.form = h('form', { id: 'settings-form', class: 'stack narrow', novalidate: true, 'aria-describedby': 'settings-error' },
       h('section', { class: 'card' }, h('fieldset', { class: 'form' }, h('legend', null, 'Player'),
-        field('Player name', ctx.f.name, 'How other members see you.'))),
+        field('Player name', ctx.f.name, 'The name other members see, from the next party you create or join.'))),
       h('section', { class: 'card' }, h('fieldset', { class: 'form' }, h('legend', null, 'LAN emulation'),
         allLabel, physLabel,
         field('Extra UDP ports', ctx.f.ports, 'Comma-separated, besides the defaults and the running games’ ports.'),

@@ -87,6 +87,8 @@ async function ui() {
       { timeout: 10000 },
     );
     const invite = (await page.textContent('#invite-code')).trim();
+    // The header shows the name this player has in the party, not the daemon's default.
+    await page.waitForFunction(() => document.querySelector('#st-name')?.textContent === 'host');
     results.invite_prefix = invite.slice(0, 4);
     await shot(page, 'party-created');
 

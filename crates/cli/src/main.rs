@@ -89,11 +89,9 @@ enum Cmd {
         #[command(flatten)]
         local: client::LocalArgs,
     },
-    /// Print the web UI's address, with the token that lets it control the party.
+    /// Print the web UI's address, with the token that lets it control the party. Open it
+    /// in your browser yourself: passed to a program, it would show in the process list.
     Ui {
-        /// Also open it in the default browser (xdg-open).
-        #[arg(long)]
-        open: bool,
         #[command(flatten)]
         local: client::LocalArgs,
     },
@@ -320,7 +318,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { local: l } => local(&l).status(json).await,
         Cmd::Network { local: l } => settings::network(&local(&l)).await,
         Cmd::Settings { action, local: l } => settings::run(&local(&l), action).await,
-        Cmd::Ui { open, local: l } => settings::ui(&local(&l), open),
+        Cmd::Ui { local: l } => settings::ui(&local(&l)),
     }
 }
 

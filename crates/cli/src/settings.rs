@@ -192,19 +192,15 @@ fn print_network(n: &Network) {
     }
 }
 
-pub fn ui(c: &LocalClient, open: bool) -> anyhow::Result<()> {
+pub fn ui(c: &LocalClient) -> anyhow::Result<()> {
     let url = c.ui_url()?;
     if c.json {
         return crate::client::print_json(&serde_json::json!({ "url": url }));
     }
     println!("{url}");
-    if open {
-        std::process::Command::new("xdg-open")
-            .arg(&url)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start xdg-open ({e}); open the address above"))?;
-    } else {
-        eprintln!("Open that address in a browser on this machine (it carries the control token).");
-    }
+    eprintln!(
+        "Open that address in a browser on this machine. It carries the token that controls \
+         the party: do not share it."
+    );
     Ok(())
 }

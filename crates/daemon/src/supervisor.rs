@@ -90,6 +90,19 @@ impl From<ClientError> for LocalError {
                      device's internet connection, or ask the host whether LANrage is running"
                 ),
             ),
+            // The control plane refusing *this device* is its problem to report, not the
+            // local caller's credentials: a 401 here must not read as a bad local token.
+            ClientError::Api {
+                status: 401,
+                message,
+                ..
+            } => Self::new(
+                502,
+                "control_error",
+                format!(
+                    "the control plane refused to sign this device in ({message}); try again in a moment"
+                ),
+            ),
             ClientError::Api {
                 status,
                 code,

@@ -115,6 +115,9 @@ pub struct PartyStatus {
     pub host: String,
     pub host_public_key: DeviceKey,
     pub is_host: bool,
+    /// This device's name in this party (the settings' name applies to the next party).
+    #[serde(default)]
+    pub player_name: String,
     pub locked: bool,
     pub version: u64,
     /// Every member but this daemon.

@@ -134,9 +134,15 @@ pub async fn run(st: ApiState) {
         let Some(view) = st.dataplane.lan().await else {
             return;
         };
-        let status = routes::build_status(&st).await;
         let mut parts = vec![(0, Event::Lan(routes::lan_status_of(&view)))];
-        if !ticked || sample_now {
+        // Membership, control and names come with a wake-up; path and latency are read
+        // with the per-second sample.
+        let status = if !ticked || sample_now {
+            Some(routes::build_status(&st).await)
+        } else {
+            None
+        };
+        if let Some(status) = &status {
             parts.push((1, Event::Status(status.clone())));
             parts.push((2, Event::Games(routes::build_games(&st).await)));
             if let Some(s) = routes::build_settings(&st).await {
@@ -159,8 +165,8 @@ pub async fn run(st: ApiState) {
         {
             let _ = st.hub.tx.send(msg);
         }
-        if sample_now {
-            let sample = st.hub.record(&status, unix_ms()).await;
+        if sample_now && let Some(status) = &status {
+            let sample = st.hub.record(status, unix_ms()).await;
             if let Some(msg) = encode(&Event::Sample(sample)) {
                 let _ = st.hub.tx.send(msg);
             }
@@ -211,11 +217,16 @@ pub(super) async fn events(
 async fn stream(st: ApiState, mut socket: WebSocket) {
     let mut rx = st.hub.tx.subscribe();
     let mut stop = st.stop.subscribe();
+    if *stop.borrow_and_update() {
+        return; // upgraded after the daemon began stopping
+    }
     let mut pending = snapshot(&st).await;
     loop {
         for msg in pending.drain(..) {
-            if socket.send(Message::Text(msg)).await.is_err() {
-                return;
+            // A client that stops reading must not hold the daemon's shutdown.
+            tokio::select! {
+                r = socket.send(Message::Text(msg)) => if r.is_err() { return },
+                _ = stop.changed() => return,
             }
         }
         tokio::select! {

@@ -51,6 +51,12 @@ pub(super) async fn build_status(st: &ApiState) -> Status {
             host: host.map(|h| h.name.clone()).unwrap_or_default(),
             host_public_key: p.host,
             is_host: p.host == me,
+            player_name: p
+                .members
+                .iter()
+                .find(|m| m.public_key == me)
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
             locked: p.locked,
             version: p.version,
             members: p
