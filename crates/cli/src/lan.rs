@@ -138,10 +138,9 @@ pub(crate) fn print_json_or<T: serde::Serialize>(
     human: impl Fn(&T),
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-    } else {
-        human(v);
+        return crate::client::print_json(v);
     }
+    human(v);
     Ok(())
 }
 

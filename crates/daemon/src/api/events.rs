@@ -106,13 +106,6 @@ fn encode(e: &Event) -> Option<Utf8Bytes> {
     serde_json::to_string(e).ok().map(Utf8Bytes::from)
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// The hub: runs until the API stops.
 pub async fn run(st: ApiState) {
     let mut stop = st.stop.subscribe();
@@ -166,7 +159,7 @@ pub async fn run(st: ApiState) {
             let _ = st.hub.tx.send(msg);
         }
         if sample_now && let Some(status) = &status {
-            let sample = st.hub.record(status, unix_ms()).await;
+            let sample = st.hub.record(status, crate::games::now_ms()).await;
             if let Some(msg) = encode(&Event::Sample(sample)) {
                 let _ = st.hub.tx.send(msg);
             }
