@@ -9,6 +9,8 @@ pub mod lifetime;
 pub mod packet;
 pub mod party;
 pub mod portmap;
+pub mod quality;
+pub mod series;
 pub mod stun;
 pub mod turn;
 pub mod wg;

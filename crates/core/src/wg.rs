@@ -41,6 +41,7 @@ use rand::{RngCore, SeedableRng};
 
 use crate::lan::{self, Capture, Lan, Member, Via};
 use crate::packet::{self, Probe, ProbeKind};
+use crate::quality::Quality;
 
 /// Handshake initiations per second before the node answers with cookies (whitepaper §5.3).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -178,6 +179,10 @@ pub struct PeerStats {
     pub last_handshake: Option<Duration>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Latency (moving average), jitter, loss, score and trend of the path in use.
+    pub quality: crate::quality::Report,
 }
 
 /// A WireGuard mesh: this device and a session to every other party member.
@@ -241,6 +246,10 @@ struct Peer {
     rtts: VecDeque<Duration>,
     rx_bytes: u64,
     tx_bytes: u64,
+    rx_packets: u64,
+    tx_packets: u64,
+    /// Latency, jitter, loss and score of the path in use.
+    quality: Quality,
     /// The peer's NAT, as it reported it.
     nat: Option<NatHint>,
     spray: Spray,
@@ -448,6 +457,7 @@ impl Peer {
             tracing::debug!(from = ?self.endpoint, to = ?route, "path change");
             self.endpoint = route;
             self.path_changes += 1;
+            self.quality.path_changed();
         }
     }
 
@@ -662,6 +672,9 @@ impl Node {
                 rtts: VecDeque::with_capacity(RTT_SAMPLES),
                 rx_bytes: 0,
                 tx_bytes: 0,
+                rx_packets: 0,
+                tx_packets: 0,
+                quality: Quality::new(),
                 nat: None,
                 spray: Spray::default(),
             };
@@ -779,6 +792,7 @@ impl Node {
                 peer.heard(from, now, false);
                 let inner: &[u8] = inner.as_ref();
                 peer.rx_bytes += inner.len() as u64;
+                peer.rx_packets += 1;
                 self.deliver(key, from, inner, now);
                 self.flush_queued(key);
             }
@@ -796,6 +810,7 @@ impl Node {
                     continue;
                 };
                 peer.choose(now);
+                peer.quality.tick(now);
                 let unanswered_for =
                     now.saturating_duration_since(peer.last_rx.unwrap_or(peer.added_at));
                 // Only a handshake already wanted (an initiation went out and nobody answered)
@@ -863,10 +878,20 @@ impl Node {
                 path.next_probe = now + interval;
                 due.push(path.route);
             }
+            // The consent probes above measure the path in use passively; a burst of
+            // extra ones gives a clean median now and then (more often while degraded).
+            if let Some(e) = endpoint
+                && peer.quality.active_probe_due(now)
+            {
+                due.extend(std::iter::repeat_n(e, crate::quality::ACTIVE_BURST));
+            }
             for route in due {
                 let Some(peer) = self.peers.get_mut(&key) else {
                     break;
                 };
+                if Some(route) == peer.endpoint {
+                    peer.quality.on_sent();
+                }
                 let bytes = packet::build_probe(
                     local_ip,
                     peer.virtual_ip,
@@ -1007,6 +1032,9 @@ impl Node {
                 last_handshake: p.tunn.time_since_last_handshake(),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
+                rx_packets: p.rx_packets,
+                tx_packets: p.tx_packets,
+                quality: p.quality.report(),
             })
             .collect()
     }
@@ -1068,6 +1096,7 @@ impl Node {
         let payload = AsRef::<[u8]>::as_ref(&bytes).to_vec();
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.tx_bytes += payload.len() as u64;
+            peer.tx_packets += 1;
         }
         self.push(Transmit {
             dst: route,
@@ -1169,6 +1198,9 @@ impl Node {
                 if peer.endpoint.is_none_or(|e| e == route) {
                     push_sample(&mut peer.rtts, rtt);
                 }
+                if peer.endpoint == Some(route) {
+                    peer.quality.on_rtt(rtt);
+                }
                 peer.choose(now);
             }
         }
@@ -1205,6 +1237,7 @@ impl Node {
         let bytes: Packet = wg.into();
         let payload = AsRef::<[u8]>::as_ref(&bytes).to_vec();
         peer.tx_bytes += payload.len() as u64;
+        peer.tx_packets += 1;
         match peer.endpoint {
             Some(dst) => {
                 let priority = self.sending_priority;

@@ -19,6 +19,7 @@ mod igd;
 mod lan;
 mod net;
 mod state;
+mod store;
 mod supervisor;
 
 pub use config::{DaemonConfig, default_state_dir};

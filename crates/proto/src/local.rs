@@ -33,6 +33,16 @@ impl PathKind {
     }
 }
 
+/// Which way a member's latency is going over the last ten seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trend {
+    Improving,
+    #[default]
+    Stable,
+    Degrading,
+}
+
 /// `GET /api/v1/status`. Field names are a contract: scripts depend on them.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
@@ -132,8 +142,29 @@ pub struct MemberStatus {
     pub virtual_ip: Ipv4Addr,
     pub public_key: DeviceKey,
     pub path: PathKind,
-    /// Smoothed round-trip time through the tunnel; `None` until measured.
+    /// Round-trip time through the tunnel: a moving average (α = 0.3) of each second's
+    /// median; `None` until measured.
     pub latency_ms: Option<f64>,
+    /// Mean variation between consecutive round trips (RFC 3550 §6.4.1).
+    #[serde(default)]
+    pub jitter_ms: Option<f64>,
+    /// Probes lost over the last 30 seconds, in percent.
+    #[serde(default)]
+    pub loss_pct: Option<f64>,
+    /// Connection quality 0–100 (docs/observability.md gives the formula).
+    #[serde(default)]
+    pub quality: Option<u8>,
+    #[serde(default)]
+    pub trend: Trend,
+    /// Traffic through the tunnel each way: bytes and packets.
+    #[serde(default)]
+    pub rx_bytes: u64,
+    #[serde(default)]
+    pub tx_bytes: u64,
+    #[serde(default)]
+    pub rx_packets: u64,
+    #[serde(default)]
+    pub tx_packets: u64,
     pub online: bool,
     /// Where packets to the member go: its address, or the address a relay sees it at.
     #[schema(value_type = Option<String>)]

@@ -22,6 +22,11 @@ use crate::dataplane::LanView;
 use crate::supervisor::{Command, LocalError};
 
 /// What `GET /status` and the `status` event show.
+/// Two decimals: what a person reads, and stable JSON for the event stream's diffing.
+pub(super) fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
 pub(super) async fn build_status(st: &ApiState) -> Status {
     let shared = st.shared.read().await.clone();
     let (games, profiles) = {
@@ -70,9 +75,23 @@ pub(super) async fn build_status(st: &ApiState) -> Status {
                         virtual_ip: m.virtual_ip,
                         public_key: m.public_key,
                         path: stats.map_or(PathKind::Connecting, |s| s.path),
+                        // The moving average once a second has closed; until then the
+                        // median of the first probes.
                         latency_ms: stats
-                            .and_then(|s| s.srtt)
-                            .map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
+                            .and_then(|s| {
+                                s.quality
+                                    .latency_ms
+                                    .or(s.srtt.map(|d| d.as_secs_f64() * 1e3))
+                            })
+                            .map(round2),
+                        jitter_ms: stats.and_then(|s| s.quality.jitter_ms).map(round2),
+                        loss_pct: stats.and_then(|s| s.quality.loss_pct).map(round2),
+                        quality: stats.and_then(|s| s.quality.score),
+                        trend: stats.map(|s| s.quality.trend).unwrap_or_default(),
+                        rx_bytes: stats.map_or(0, |s| s.rx_bytes),
+                        tx_bytes: stats.map_or(0, |s| s.tx_bytes),
+                        rx_packets: stats.map_or(0, |s| s.rx_packets),
+                        tx_packets: stats.map_or(0, |s| s.tx_packets),
                         online: m.online,
                         endpoint: stats.and_then(|s| s.endpoint).map(|r| r.peer_addr()),
                         relay: stats.and_then(|s| s.relay),
