@@ -85,10 +85,10 @@ pub fn check_net_admin() -> anyhow::Result<()> {
         Some(caps) if caps & (1 << CAP_NET_ADMIN) == 0 => Err(Failure {
             exit: 5,
             code: "no_tun_permission",
-            message: "LANrage needs to create a network interface: run it as root \
-                      (`sudo lanrage up`) or grant it CAP_NET_ADMIN \
-                      (`sudo setcap cap_net_admin+ep $(command -v lanrage)`)"
-                .into(),
+            message: format!(
+                "start-up step `tun` failed: {}",
+                lanrage_daemon::NO_TUN_PERMISSION
+            ),
         }
         .into()),
         _ => Ok(()),

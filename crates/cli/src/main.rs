@@ -23,6 +23,15 @@ struct Cli {
     /// Machine-readable output (JSON on stdout; errors as {"error": {"code", "message"}}).
     #[arg(long, global = true)]
     json: bool,
+    /// Log format of `up`, `control` and `relay`: `human` (default) or `json` (one object
+    /// per line, with the span fields: party, peer, request id).
+    #[arg(
+        long,
+        global = true,
+        env = "LANRAGE_LOG_FORMAT",
+        default_value = "human"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -37,6 +46,12 @@ const EXIT_CODES: &str = "Exit codes:
      party, a setting out of range
   5  permission: not root / no CAP_NET_ADMIN, or the API token is unreadable
   6  the control plane cannot be reached or failed, or the daemon could not do it";
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -146,6 +161,12 @@ struct UpArgs {
     /// Seconds between looks for running games; 0 turns game detection off.
     #[arg(long, env = "LANRAGE_GAME_SCAN", default_value_t = 5.0)]
     game_scan: f64,
+    /// A member's latency (ms) above which an alert is raised (event stream and log).
+    #[arg(long, env = "LANRAGE_ALERT_LATENCY_MS", default_value_t = 150.0)]
+    alert_latency_ms: f64,
+    /// A member's packet loss (%) above which an alert is raised.
+    #[arg(long, env = "LANRAGE_ALERT_LOSS_PCT", default_value_t = 5.0)]
+    alert_loss_pct: f64,
 }
 
 #[derive(clap::Args)]
@@ -211,6 +232,10 @@ struct RelayArgs {
     /// Per-allocation rate limit in Mbit/s.
     #[arg(long, default_value_t = 50)]
     rate_limit_mbps: u64,
+    /// TCP address to serve Prometheus metrics on (`GET /metrics`, no authentication:
+    /// keep it on a private address or behind a firewall), e.g. 127.0.0.1:9478.
+    #[arg(long, env = "LANRAGE_RELAY_METRICS")]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -292,11 +317,21 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
+    let log = cli.log_format;
     let local = |l: &client::LocalArgs| client::LocalClient::new(l).with_json(json);
     match cli.command {
-        Cmd::Up(args) => up(args).await,
-        Cmd::Control(args) => control(args).await,
-        Cmd::Relay(args) => relay(args).await,
+        Cmd::Up(args) => {
+            init_logging(log);
+            up(args).await
+        }
+        Cmd::Control(args) => {
+            init_logging(log);
+            control(args).await
+        }
+        Cmd::Relay(args) => {
+            init_logging(log);
+            relay(args).await
+        }
         Cmd::Party { action, local: l } => {
             let c = local(&l);
             match action {
@@ -322,17 +357,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => fmt.init(),
+        // Every line carries the fields of the spans it was logged in (`spans`), so a
+        // line of a party join has the party id and a request line its request id.
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init(),
+    }
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    init_logging();
     client::check_net_admin()?;
     let mut config = lanrage_daemon::DaemonConfig::new(
         args.state_dir
@@ -353,6 +397,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         anyhow::bail!("--game-scan must be between 0 and 3600 seconds");
     }
     config.game_scan = std::time::Duration::from_secs_f64(args.game_scan);
+    if !(args.alert_latency_ms.is_finite() && args.alert_latency_ms > 0.0) {
+        anyhow::bail!("--alert-latency-ms must be a positive number of milliseconds");
+    }
+    if !(args.alert_loss_pct.is_finite() && (0.0..=100.0).contains(&args.alert_loss_pct)) {
+        anyhow::bail!("--alert-loss-pct must be between 0 and 100");
+    }
+    config.alerts = lanrage_daemon::Thresholds {
+        latency_ms: args.alert_latency_ms,
+        loss_pct: args.alert_loss_pct,
+    };
     for server in &args.stun {
         let addr = tokio::net::lookup_host(server.as_str())
             .await
@@ -381,7 +435,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn control(args: ControlArgs) -> anyhow::Result<()> {
-    init_logging();
     let mut config = lanrage_control::ControlConfig::new(args.database);
     config.public_url = args.public_url;
     config.network = args.network;
@@ -400,7 +453,6 @@ async fn control(args: ControlArgs) -> anyhow::Result<()> {
 }
 
 async fn relay(args: RelayArgs) -> anyhow::Result<()> {
-    init_logging();
     let first = args
         .listen
         .first()
@@ -423,6 +475,24 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         turn,
     })
     .await?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
+            tracing::info!(metrics = %addr, "serving Prometheus metrics at /metrics");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(lanrage_relay::metrics::serve(
+                listener,
+                relay.handle(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            Some((stop, task))
+        }
+        None => None,
+    };
     let registration = match (&args.control, &args.secret) {
         (Some(control), Some(secret)) => {
             let addrs = relay.listen_addrs();
@@ -450,6 +520,10 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     relay.run(shutdown_signal()).await;
     if let Some(r) = registration {
         r.abort();
+    }
+    if let Some((stop, task)) = metrics {
+        let _ = stop.send(());
+        task.await??;
     }
     Ok(())
 }

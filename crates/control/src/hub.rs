@@ -56,6 +56,11 @@ impl Hub {
         any
     }
 
+    /// Open connections, over all devices (for metrics).
+    pub fn connections(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
     /// Closes every connection (shutdown).
     pub fn close_all(&self) {
         self.lock().clear();

@@ -2,11 +2,13 @@
 //! signalling, served as HTTP+JSON under `/v1` with a WebSocket for live updates.
 //!
 //! Layers: `routes` (axum handlers, auth extraction, error mapping) → `parties` and `auth`
-//! (domain rules) → `store` (SQL). `hub` pushes changes to connected members.
+//! (domain rules) → `store` (SQL). `hub` pushes changes to connected members; `metrics`
+//! gives every request an id and a span, counts it, and serves `GET /metrics`.
 
 mod auth;
 mod error;
 mod hub;
+mod metrics;
 mod net;
 mod parties;
 mod relays;
@@ -41,6 +43,10 @@ pub struct ControlConfig {
     pub creators: Option<Vec<lanrage_proto::DeviceKey>>,
     /// STUN and TURN servers handed to devices, and the secret shared with relays.
     pub ice: IceConfig,
+    /// Serve `GET /metrics` (Prometheus, no authentication) on the HTTP port. On by
+    /// default for a standalone control plane, whose operator firewalls it; an embedded one
+    /// whose port faces the players may turn it off and use [`Control::metrics`] instead.
+    pub metrics: bool,
 }
 
 impl ControlConfig {
@@ -56,6 +62,7 @@ impl ControlConfig {
                 credential_ttl: Duration::from_secs(12 * 3600),
                 ..IceConfig::default()
             },
+            metrics: true,
         }
     }
 }
@@ -99,6 +106,12 @@ impl Control {
     /// The HTTP routes.
     pub fn router(&self) -> axum::Router {
         routes::router(Arc::clone(&self.inner))
+    }
+
+    /// This control plane's metrics in the Prometheus text format (what `GET /metrics`
+    /// answers), for a host that serves them elsewhere.
+    pub async fn metrics(&self) -> String {
+        metrics::render(&self.inner).await
     }
 
     /// Applies the liveness rules as of `now_ms` (Unix milliseconds); the server calls this

@@ -48,6 +48,8 @@ pub struct Service {
     /// addresses and names back this up in the database.
     writes: Mutex<()>,
     pub relays: crate::relays::Relays,
+    /// Request counts and latencies for `/metrics`.
+    pub requests: crate::metrics::RequestStats,
 }
 
 impl Service {
@@ -60,6 +62,7 @@ impl Service {
             started_ms: now_ms(),
             writes: Mutex::new(()),
             relays: crate::relays::Relays::default(),
+            requests: crate::metrics::RequestStats::default(),
         }
     }
 
@@ -137,8 +140,11 @@ impl Service {
         let mut secret = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
         rand::rng().fill_bytes(&mut secret);
+        let id = PartyId::from_bytes(id);
+        // Every later log line of this request names the new party.
+        tracing::Span::current().record("party", tracing::field::display(&id));
         let row = PartyRow {
-            id: PartyId::from_bytes(id),
+            id,
             name,
             secret: PartySecret::from_bytes(secret).to_string(),
             host: device,

@@ -19,6 +19,7 @@ use lanrage_proto::api::{
     KickRequest, LockRequest, RelayRegistration, ServerMessage, TokenRequest,
 };
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::error::ApiError;
 use crate::parties::Service;
@@ -29,7 +30,13 @@ type Svc = State<Arc<Service>>;
 const WS_PING_EVERY: Duration = Duration::from_secs(20);
 
 pub fn router(svc: Arc<Service>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if svc.config.metrics {
+        // No authentication: operators firewall it or expose it only to their scraper
+        // (docs/observability.md).
+        router = router.route("/metrics", get(crate::metrics::handler));
+    }
+    router
         .route("/v1/health", get(health))
         .route("/v1/auth/challenge", post(challenge))
         .route("/v1/auth/token", post(token))
@@ -48,6 +55,12 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/relays", post(register_relay))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A layer of the router, not around it: it runs after routing, so it sees the
+        // matched route template; it also wraps the fallbacks.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&svc),
+            crate::metrics::track,
+        ))
         .with_state(svc)
 }
 
@@ -119,9 +132,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Party {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        raw.parse()
-            .map(Party)
-            .map_err(|e| ApiError::bad_request(format!("invalid party id: {e}")))
+        let id: PartyId = raw
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("invalid party id: {e}")))?;
+        // The request's span (crate::metrics::track) names the party from here on, so every
+        // log line of a join, leave or kick carries it.
+        tracing::Span::current().record("party", tracing::field::display(&id));
+        Ok(Party(id))
     }
 }
 
@@ -282,9 +299,11 @@ async fn ws(
     // axum's own rejection is a bare text body; answer in our error shape like every route.
     let upgrade =
         upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    // The connection outlives the request; its log lines keep the upgrade's request id.
+    let span = tracing::Span::current();
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| run_socket(svc, d, socket)))
+        .on_upgrade(move |socket| run_socket(svc, d, socket).instrument(span)))
 }
 
 async fn run_socket(svc: Arc<Service>, device: lanrage_proto::DeviceKey, socket: WebSocket) {

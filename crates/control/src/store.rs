@@ -451,6 +451,38 @@ pub async fn parties_of(c: &mut SqliteConnection, key: &DeviceKey) -> sqlx::Resu
         .collect()
 }
 
+/// How many parties there are, and how many members are online and away (for metrics).
+pub async fn census(c: &mut SqliteConnection) -> sqlx::Result<Census> {
+    let parties: i64 = sqlx::query("SELECT COUNT(*) FROM parties")
+        .fetch_one(&mut *c)
+        .await?
+        .try_get(0)?;
+    let rows = sqlx::query("SELECT away, COUNT(*) FROM members GROUP BY away")
+        .fetch_all(&mut *c)
+        .await?;
+    let mut census = Census {
+        parties: u64::try_from(parties).unwrap_or(0),
+        ..Census::default()
+    };
+    for r in &rows {
+        let n = u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0);
+        if r.try_get::<i64, _>(0)? != 0 {
+            census.away += n;
+        } else {
+            census.online += n;
+        }
+    }
+    Ok(census)
+}
+
+/// Counts of [`census`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Census {
+    pub parties: u64,
+    pub online: u64,
+    pub away: u64,
+}
+
 /// Members whose last heartbeat is older than `before`: (party, device, away).
 pub async fn silent_members(
     c: &mut SqliteConnection,

@@ -2189,3 +2189,206 @@ async fn creators_can_be_restricted_to_the_owner() {
     assert_eq!(body["code"], "not_allowed");
     s.shutdown().await;
 }
+
+// ------------------------------------------------------------ metrics and request ids
+
+/// `GET /metrics`: the raw text (after checking status and content type) and its parse.
+async fn scrape(s: &Server) -> (String, prometheus_parse::Scrape) {
+    let resp = tokio::time::timeout(PATIENCE, s.request(Method::GET, "/metrics").send())
+        .await
+        .expect("a reply in time")
+        .expect("an HTTP exchange over loopback");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[CONTENT_TYPE],
+        lanrage_proto::metrics::CONTENT_TYPE
+    );
+    let text = resp.text().await.expect("a text body");
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the body is Prometheus text");
+    (text, parsed)
+}
+
+/// The value of the one sample of `name` whose labels include all of `labels`.
+#[track_caller]
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .collect();
+    assert_eq!(found.len(), 1, "one {name} with {labels:?}: {found:#?}");
+    match &found[0].value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        prometheus_parse::Value::Histogram(buckets) => buckets.last().expect("a +Inf bucket").count,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_show_the_state() {
+    let s = Server::start().await;
+    let host = s.sign_in().await;
+    let guest = s.sign_in().await;
+    let (party, invite) = s.create(&host, "metrics", None).await;
+    s.join(&guest, &invite, "guest").await;
+    let mut ws = s.ws(&host).await;
+    settle(&mut ws, 1).await;
+    assert_error(
+        s.send(Method::GET, "/v1/nope", None, None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let brew = Method::from_bytes(b"BREW").expect("an extension method");
+    assert_error(
+        s.send(brew, "/v1/health", None, None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    assert_error(
+        s.send(
+            Method::GET,
+            &format!("/v1/parties/{}", party.id),
+            None,
+            None,
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    let (text, m) = scrape(&s).await;
+    for (name, kind) in [
+        ("lanrage_control_database_up", "gauge"),
+        ("lanrage_control_parties", "gauge"),
+        ("lanrage_control_members", "gauge"),
+        ("lanrage_control_websockets", "gauge"),
+        ("lanrage_control_relays", "gauge"),
+        ("lanrage_control_uptime_seconds", "gauge"),
+        ("lanrage_control_requests_total", "counter"),
+        ("lanrage_control_request_duration_seconds", "histogram"),
+    ] {
+        assert!(m.docs.contains_key(name), "HELP of {name}:\n{text}");
+        assert!(
+            text.contains(&format!("\n# TYPE {name} {kind}\n")),
+            "TYPE of {name}:\n{text}"
+        );
+    }
+    assert_eq!(sample(&m, "lanrage_control_database_up", &[]), 1.0);
+    assert_eq!(sample(&m, "lanrage_control_parties", &[]), 1.0);
+    let members = "lanrage_control_members";
+    assert_eq!(sample(&m, members, &[("state", "online")]), 2.0);
+    assert_eq!(sample(&m, members, &[("state", "away")]), 0.0);
+    assert_eq!(sample(&m, "lanrage_control_websockets", &[]), 1.0);
+    assert_eq!(sample(&m, "lanrage_control_relays", &[]), 0.0);
+    assert!(sample(&m, "lanrage_control_uptime_seconds", &[]) >= 0.0);
+
+    let requests = "lanrage_control_requests_total";
+    let req = |route, method, status| [("route", route), ("method", method), ("status", status)];
+    assert_eq!(
+        sample(&m, requests, &req("/v1/auth/challenge", "POST", "200")),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, requests, &req("/v1/auth/token", "POST", "200")),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, requests, &req("/v1/parties", "POST", "201")),
+        1.0
+    );
+    assert_eq!(sample(&m, requests, &req("/v1/ws", "GET", "101")), 1.0);
+    assert_eq!(sample(&m, requests, &req("unmatched", "GET", "404")), 1.0);
+    assert_eq!(
+        sample(&m, requests, &req("/v1/health", "other", "405")),
+        1.0
+    );
+    let durations = "lanrage_control_request_duration_seconds";
+    assert_eq!(sample(&m, durations, &[("route", "/v1/auth/token")]), 2.0);
+    // prometheus-parse cuts label sets at the first `}`, even inside a quoted value, so it
+    // skips the lines of templated routes; they are checked in the text.
+    for line in [
+        "lanrage_control_requests_total{route=\"/v1/parties/{id}/join\",method=\"POST\",status=\"200\"} 1\n",
+        "lanrage_control_requests_total{route=\"/v1/parties/{id}\",method=\"GET\",status=\"401\"} 1\n",
+        "lanrage_control_request_duration_seconds_count{route=\"/v1/parties/{id}/join\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    assert!(
+        !text.contains(&party.id.to_string()),
+        "routes are templates, never raw paths"
+    );
+
+    // Counted once the answer is made, so the scrape itself shows up in the next one.
+    let (_, m) = scrape(&s).await;
+    assert_eq!(sample(&m, requests, &req("/metrics", "GET", "200")), 1.0);
+
+    ws.close(None).await.expect("close");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_can_be_turned_off() {
+    let s = Server::start_with(|c| c.metrics = false).await;
+    assert_error(
+        s.send(Method::GET, "/metrics", None, None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert!(
+        s.control
+            .metrics()
+            .await
+            .contains("lanrage_control_parties 0\n")
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_when_sane_and_made_otherwise() {
+    let s = Server::start().await;
+    let id_of = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-request-id")
+            .expect("every answer has an x-request-id")
+            .to_str()
+            .expect("a text header")
+            .to_owned()
+    };
+    let send = |path: &'static str, id: Option<String>| {
+        let mut req = s.request(Method::GET, path);
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        async move {
+            tokio::time::timeout(PATIENCE, req.send())
+                .await
+                .expect("a reply in time")
+                .expect("an HTTP exchange over loopback")
+        }
+    };
+    let is_v7 = |id: &str| uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 7);
+
+    let longest = "a".repeat(64);
+    for sane in ["abc-DEF_1.2", "7", longest.as_str()] {
+        for path in ["/v1/health", "/v1/nope"] {
+            let resp = send(path, Some(sane.to_owned())).await;
+            assert_eq!(id_of(&resp), sane, "{path}");
+        }
+    }
+    let fresh = id_of(&send("/v1/health", None).await);
+    assert!(is_v7(&fresh), "{fresh}");
+    assert_ne!(
+        fresh,
+        id_of(&send("/v1/health", None).await),
+        "a new id each time"
+    );
+    let too_long = "a".repeat(65);
+    for bad in [too_long.as_str(), "a b", "x/y", "id;drop", "{\"json\"}", ""] {
+        let id = id_of(&send("/v1/health", Some(bad.to_owned())).await);
+        assert!(is_v7(&id), "{bad:?} is replaced by a UUID v7, got {id}");
+    }
+    s.shutdown().await;
+}

@@ -294,7 +294,8 @@ impl Series {
     }
 
     /// The buckets that start within the last `window_secs` before `now` (those with
-    /// `start > now - window_secs`), from the finest tier that spans the window (see
+    /// `start > now - window_secs`, and any stamped after `now` by a clock stepped back),
+    /// from the finest tier that spans the window (see
     /// [`Resolution::for_window`]), the open bucket included. When there are more than
     /// `max_points` (at least 1), adjacent points are merged into groups aligned to
     /// multiples of `step_secs`, so a chart's points do not shift between refreshes.

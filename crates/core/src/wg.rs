@@ -181,6 +181,8 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Authenticated handshake messages accepted from the peer (one per new session).
+    pub handshakes: u64,
     /// Latency (moving average), jitter, loss, score and trend of the path in use.
     pub quality: crate::quality::Report,
 }
@@ -248,6 +250,8 @@ struct Peer {
     tx_bytes: u64,
     rx_packets: u64,
     tx_packets: u64,
+    /// Authenticated handshake messages accepted from the peer.
+    handshakes: u64,
     /// Latency, jitter, loss and score of the path in use.
     quality: Quality,
     /// The peer's NAT, as it reported it.
@@ -674,6 +678,7 @@ impl Node {
                 tx_bytes: 0,
                 rx_packets: 0,
                 tx_packets: 0,
+                handshakes: 0,
                 quality: Quality::new(),
                 nat: None,
                 spray: Spray::default(),
@@ -775,7 +780,12 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        match peer.tunn.handle_incoming_packet(wg) {
+        let handshake = matches!(wg, WgKind::HandshakeInit(_) | WgKind::HandshakeResp(_));
+        let result = peer.tunn.handle_incoming_packet(wg);
+        if handshake && !matches!(result, TunnResult::Err(_)) {
+            peer.handshakes += 1;
+        }
+        match result {
             TunnResult::Done => {}
             TunnResult::Err(e) => {
                 tracing::trace!(peer = %key, error = ?e, "wireguard packet rejected");
@@ -1034,6 +1044,7 @@ impl Node {
                 tx_bytes: p.tx_bytes,
                 rx_packets: p.rx_packets,
                 tx_packets: p.tx_packets,
+                handshakes: p.handshakes,
                 quality: p.quality.report(),
             })
             .collect()

@@ -33,6 +33,8 @@ pub struct DaemonConfig {
     pub profile_dirs: Vec<std::path::PathBuf>,
     /// How often running games are looked for; zero turns detection off.
     pub game_scan: std::time::Duration,
+    /// A member's latency or loss past these raises an alert (event stream and log).
+    pub alerts: crate::metrics::Thresholds,
 }
 
 impl DaemonConfig {
@@ -56,6 +58,7 @@ impl DaemonConfig {
             host_relay_ports: (49152, 49407),
             profile_dirs: Vec::new(),
             game_scan: crate::games::DEFAULT_SCAN,
+            alerts: crate::metrics::Thresholds::default(),
         }
     }
 }

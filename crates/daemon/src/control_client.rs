@@ -227,7 +227,13 @@ impl ControlClient {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
+        // One id per call, in our log and the control plane's (it echoes it back).
+        let request_id = uuid::Uuid::now_v7().to_string();
+        tracing::debug!(%request_id, %method, path, "control plane call");
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("x-request-id", &request_id);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }

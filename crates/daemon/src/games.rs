@@ -128,13 +128,8 @@ pub struct Handle {
     pub local: watch::Receiver<Vec<String>>,
     /// Ids other members play; the supervisor writes it.
     pub party: watch::Sender<Vec<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// The detector; it ends when the handle drops.
+    _task: crate::tasks::Supervised,
 }
 
 /// Starts detection: a scan every `every` (none when zero), tuning sent to `dataplane`.
@@ -150,20 +145,29 @@ pub fn start(
         scan_interval: every,
         ..View::default()
     }));
-    let task = tokio::spawn(run(
-        sources,
-        every,
-        dataplane,
-        Arc::clone(&view),
-        local_tx,
-        party_rx,
-        changes,
-    ));
+    let local_tx = Arc::new(local_tx);
+    let detector_view = Arc::clone(&view);
+    // Detection is the least important task: restarted (slowly) if it ever fails.
+    let task = crate::tasks::supervise("games", crate::tasks::Priority::Detectors, move |_| {
+        let run = run(
+            sources.clone(),
+            every,
+            dataplane.clone(),
+            Arc::clone(&detector_view),
+            Arc::clone(&local_tx),
+            party_rx.clone(),
+            Arc::clone(&changes),
+        );
+        async move {
+            run.await;
+            Ok(())
+        }
+    });
     Handle {
         view,
         local,
         party,
-        task,
+        _task: task,
     }
 }
 
@@ -179,7 +183,7 @@ async fn run(
     every: Duration,
     dataplane: DataPlane,
     view: Arc<RwLock<View>>,
-    local_tx: watch::Sender<Vec<String>>,
+    local_tx: Arc<watch::Sender<Vec<String>>>,
     mut party_rx: watch::Receiver<Vec<String>>,
     changes: Arc<tokio::sync::Notify>,
 ) {

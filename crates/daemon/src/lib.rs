@@ -17,12 +17,16 @@ mod dataplane;
 pub mod games;
 mod igd;
 mod lan;
+mod metrics;
 mod net;
 mod state;
 mod store;
 mod supervisor;
+mod tasks;
 
 pub use config::{DaemonConfig, default_state_dir};
+pub use metrics::Thresholds;
+pub use net::NO_TUN_PERMISSION;
 pub use supervisor::{Ready, run};
 
 /// Makes rustls (on ring, the one crypto library in the build) the TLS provider for

@@ -85,3 +85,35 @@ pub fn default_gateway() -> Option<(Ipv4Addr, Ipv4Addr)> {
         .find(|(name, _)| *name == iface)?;
     Some((gateway, client))
 }
+
+/// Whether this process may create the party's TUN interface: CAP_NET_ADMIN and a usable
+/// `/dev/net/tun`. Checked at start-up so the player hears it at once, not at the first
+/// party join.
+pub fn check_tun() -> anyhow::Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        });
+    if effective.is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) == 0) {
+        anyhow::bail!("{NO_TUN_PERMISSION}");
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open /dev/net/tun ({e}): LANrage needs the TUN driver (`modprobe tun`)"
+            )
+        })
+}
+
+/// What to do without the permission to create the interface.
+pub const NO_TUN_PERMISSION: &str = "LANrage needs to create a network interface: run it as \
+    root (`sudo lanrage up`) or grant it CAP_NET_ADMIN \
+    (`sudo setcap cap_net_admin+ep $(command -v lanrage)`)";

@@ -34,6 +34,63 @@ pub struct Membership {
     pub last_view: Option<lanrage_proto::api::PartyView>,
 }
 
+/// The device key and the local API token, read from the state directory (created, mode
+/// 0700, if missing) or made on first start.
+pub struct Keys {
+    pub device: StaticSecret,
+    pub api_token: String,
+}
+
+impl Keys {
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        ensure_dir(dir)?;
+        Ok(Self {
+            device: device_key_in(dir)?,
+            api_token: api_token_in(dir)?,
+        })
+    }
+}
+
+fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        // Only a directory we made is narrowed; an existing one keeps its mode, and the
+        // secrets in it are 0600 either way.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn device_key_in(dir: &Path) -> anyhow::Result<StaticSecret> {
+    let bytes = read_or_create_secret(&dir.join(KEY_FILE), || {
+        let mut k = [0u8; 32];
+        rand::rng().fill_bytes(&mut k);
+        STANDARD.encode(k)
+    })?;
+    let raw = STANDARD
+        .decode(bytes.trim())
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .with_context(|| {
+            format!(
+                "{} is not a base64 X25519 key",
+                dir.join(KEY_FILE).display()
+            )
+        })?;
+    Ok(StaticSecret::from(raw))
+}
+
+fn api_token_in(dir: &Path) -> anyhow::Result<String> {
+    let token = read_or_create_secret(&dir.join(lanrage_proto::local::API_TOKEN_FILE), || {
+        let mut k = [0u8; 24];
+        rand::rng().fill_bytes(&mut k);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k)
+    })?;
+    Ok(token.trim().to_owned())
+}
+
 /// The state directory and its database.
 #[derive(Clone)]
 pub struct State {
@@ -47,14 +104,7 @@ pub struct State {
 impl State {
     /// Opens (creating) the directory, mode 0700, and the database.
     pub async fn open(dir: &Path) -> anyhow::Result<Self> {
-        if !dir.exists() {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("creating the state directory {}", dir.display()))?;
-            // Only a directory we made is narrowed; an existing one keeps its mode, and the
-            // secrets in it are 0600 either way.
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("restricting {}", dir.display()))?;
-        }
+        ensure_dir(dir)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(dir.join(DB_FILE))
             .create_if_missing(true)
@@ -121,34 +171,15 @@ impl State {
     }
 
     /// The device key, created on first start.
+    #[cfg(test)]
     pub fn device_key(&self) -> anyhow::Result<StaticSecret> {
-        let bytes = read_or_create_secret(&self.dir.join(KEY_FILE), || {
-            let mut k = [0u8; 32];
-            rand::rng().fill_bytes(&mut k);
-            STANDARD.encode(k)
-        })?;
-        let raw = STANDARD
-            .decode(bytes.trim())
-            .ok()
-            .and_then(|v| <[u8; 32]>::try_from(v).ok())
-            .with_context(|| {
-                format!(
-                    "{} is not a base64 X25519 key",
-                    self.dir.join(KEY_FILE).display()
-                )
-            })?;
-        Ok(StaticSecret::from(raw))
+        device_key_in(&self.dir)
     }
 
     /// The local API token, created on first start.
+    #[cfg(test)]
     pub fn api_token(&self) -> anyhow::Result<String> {
-        let token =
-            read_or_create_secret(&self.dir.join(lanrage_proto::local::API_TOKEN_FILE), || {
-                let mut k = [0u8; 24];
-                rand::rng().fill_bytes(&mut k);
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k)
-            })?;
-        Ok(token.trim().to_owned())
+        api_token_in(&self.dir)
     }
 
     /// The TURN secret of host mode's embedded relay and control plane, created on first

@@ -131,6 +131,7 @@ impl WriteBehind {
     }
 
     /// Sets a setting without waiting for the write.
+    #[cfg(test)]
     pub async fn put_later(&self, key: &str, value: Option<String>) {
         self.inner
             .pending
@@ -185,6 +186,7 @@ impl WriteBehind {
     }
 
     /// Waits until everything queued so far is committed.
+    #[cfg(test)]
     pub async fn flush(&self) -> anyhow::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().await.waiters.push(tx);

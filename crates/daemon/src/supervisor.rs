@@ -19,6 +19,7 @@ use lanrage_proto::{DeviceKey, InviteCode};
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::api::{self, ApiState};
 use crate::config::DaemonConfig;
@@ -26,6 +27,7 @@ use crate::control_client::{ClientError, ControlClient};
 use crate::dataplane::DataPlane;
 use crate::net;
 use crate::state::{Membership, State};
+use crate::tasks::{Priority, Step, step};
 
 /// Heartbeat period; the control plane marks a member away after 90 s of silence.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -174,78 +176,39 @@ pub async fn run(
             config.api
         );
     }
-    let state = State::open(&config.state_dir).await?;
-    let _lock = state.lock()?;
-    let secret = state.device_key()?;
-    let api_token = state.api_token()?;
-    let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
-    // `--name` wins for this run; else what the player saved in the settings; else the
-    // machine's host name.
-    let name = match &config.player_name {
-        Some(n) => n.clone(),
-        None => state
-            .player_name()
-            .await?
-            .unwrap_or_else(default_player_name),
-    };
-    let changes = Arc::new(tokio::sync::Notify::new());
-
-    let (control_url, embedded) = match &config.control {
-        Some(url) => (url.trim_end_matches('/').to_owned(), None),
-        None => {
-            let (url, stop, task) = start_embedded_control(&config, &state, key).await?;
-            (url, Some((stop, task)))
+    let (secret, api_token) = step(Step::Keys, async {
+        let keys = crate::state::Keys::load(&config.state_dir)?;
+        Ok((keys.device, keys.api_token))
+    })
+    .await?;
+    let (state, _lock) = step(Step::Store, async {
+        let state = State::open(&config.state_dir).await?;
+        let lock = state.lock()?;
+        Ok((state, lock))
+    })
+    .await?;
+    let started = start(&config, state.clone(), secret.clone(), api_token).await;
+    let Started {
+        dataplane,
+        dp_task,
+        embedded,
+        control_url,
+        key,
+        name,
+        changes,
+        games,
+        shared,
+        cmd_rx,
+        api_addr,
+        api,
+        mut tasks,
+    } = match started {
+        Ok(s) => s,
+        Err(e) => {
+            state.close().await;
+            return Err(e);
         }
     };
-    let (dataplane, dp_task) = DataPlane::start(
-        secret.clone(),
-        config.port,
-        config.mtu,
-        config.stun.clone(),
-        config.port_mapping,
-    )
-    .await?;
-    if let Some(lan) = state.lan_settings().await? {
-        dataplane.set_lan(crate::lan::to_core(&lan)).await;
-    }
-    let mut profile_dirs = vec![config.state_dir.join("profiles")];
-    profile_dirs.extend(config.profile_dirs.iter().cloned());
-    let games = crate::games::start(
-        crate::games::Sources { dirs: profile_dirs },
-        config.game_scan,
-        dataplane.clone(),
-        Arc::clone(&changes),
-    );
-    let shared = Arc::new(RwLock::new(Shared {
-        key,
-        name: name.clone(),
-        host_mode: embedded.is_some(),
-        control_url: control_url.clone(),
-        control: "idle".into(),
-        party: None,
-    }));
-    let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let api_listener = TcpListener::bind(config.api)
-        .await
-        .with_context(|| format!("binding the local API on {}", config.api))?;
-    let api_addr = api_listener.local_addr()?;
-    let (api_stop, api_stop_rx) = oneshot::channel::<()>();
-    let api_task = tokio::spawn(api::serve(
-        api_listener,
-        ApiState::new(
-            cmd_tx,
-            Arc::clone(&shared),
-            dataplane.clone(),
-            state.clone(),
-            api_token,
-            api_addr.port(),
-        )
-        .with_games(Arc::clone(&games.view))
-        .with_changes(Arc::clone(&changes)),
-        async {
-            let _ = api_stop_rx.await;
-        },
-    ));
     tracing::info!(
         api = %format!("http://{api_addr}"),
         udp_port = dataplane.port,
@@ -253,7 +216,6 @@ pub async fn run(
         host_mode = embedded.is_some(),
         "LANrage is up"
     );
-
     on_ready(&Ready {
         api: api_addr,
         udp_port: dataplane.port,
@@ -262,7 +224,7 @@ pub async fn run(
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let mut sup = Supervisor {
-        state,
+        state: state.clone(),
         secret,
         key,
         name,
@@ -279,13 +241,17 @@ pub async fn run(
     sup.resume().await;
     sup.run(cmd_rx, events_rx, shutdown).await;
 
-    // Shutdown: the interface goes first, so the OS routes nothing into a dead tunnel.
+    // Shutdown, the reverse of start-up: the API and the detectors, then the party session
+    // and the interface (so the OS routes nothing into a dead tunnel), the embedded control
+    // plane and relay, the data path, and last the store.
+    crate::tasks::stop_all(std::mem::take(&mut tasks), Duration::from_secs(2)).await;
+    let (api_stop, api_task) = api;
+    let _ = api_stop.send(());
+    let _ = api_task.await;
     sup.session = None;
     dataplane.clear().await;
     drop(sup);
     drop(dataplane);
-    let _ = api_stop.send(());
-    let _ = api_task.await;
     if let Some((stop, task)) = embedded {
         let _ = stop.send(());
         let _ = task.await;
@@ -299,8 +265,233 @@ pub async fn run(
     {
         dp_task.abort();
     }
+    state.close().await;
     tracing::info!("LANrage stopped");
     Ok(())
+}
+
+/// What start-up hands to the running daemon.
+struct Started {
+    dataplane: DataPlane,
+    dp_task: JoinHandle<()>,
+    embedded: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    control_url: String,
+    key: DeviceKey,
+    name: String,
+    changes: Arc<tokio::sync::Notify>,
+    games: crate::games::Handle,
+    shared: Arc<RwLock<Shared>>,
+    cmd_rx: mpsc::Receiver<Command>,
+    api_addr: SocketAddr,
+    api: (oneshot::Sender<()>, JoinHandle<()>),
+    tasks: Vec<crate::tasks::Supervised>,
+}
+
+/// The start-up steps after the keys and the store; on failure nothing they started is
+/// left running (the data plane holds no interface until a party is joined, and is told
+/// to clear anyway).
+async fn start(
+    config: &DaemonConfig,
+    state: State,
+    secret: StaticSecret,
+    api_token: String,
+) -> anyhow::Result<Started> {
+    let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
+    step(Step::Tun, async { net::check_tun() }).await?;
+    let (dataplane, dp_task) = step(
+        Step::Socket,
+        DataPlane::start(
+            secret.clone(),
+            config.port,
+            config.mtu,
+            config.stun.clone(),
+            config.port_mapping,
+        ),
+    )
+    .await?;
+    let rest = start_after_socket(config, &state, key, api_token, &dataplane).await;
+    match rest {
+        Ok(parts) => Ok(parts.finish(dataplane, dp_task)),
+        Err(e) => {
+            dataplane.clear().await;
+            drop(dataplane);
+            let _ = tokio::time::timeout(Duration::from_secs(1), dp_task).await;
+            Err(e)
+        }
+    }
+}
+
+struct AfterSocket {
+    embedded: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    control_url: String,
+    key: DeviceKey,
+    name: String,
+    changes: Arc<tokio::sync::Notify>,
+    games: crate::games::Handle,
+    shared: Arc<RwLock<Shared>>,
+    cmd_rx: mpsc::Receiver<Command>,
+    api_addr: SocketAddr,
+    api: (oneshot::Sender<()>, JoinHandle<()>),
+    tasks: Vec<crate::tasks::Supervised>,
+}
+
+impl AfterSocket {
+    fn finish(self, dataplane: DataPlane, dp_task: JoinHandle<()>) -> Started {
+        Started {
+            dataplane,
+            dp_task,
+            embedded: self.embedded,
+            control_url: self.control_url,
+            key: self.key,
+            name: self.name,
+            changes: self.changes,
+            games: self.games,
+            shared: self.shared,
+            cmd_rx: self.cmd_rx,
+            api_addr: self.api_addr,
+            api: self.api,
+            tasks: self.tasks,
+        }
+    }
+}
+
+async fn start_after_socket(
+    config: &DaemonConfig,
+    state: &State,
+    key: DeviceKey,
+    api_token: String,
+    dataplane: &DataPlane,
+) -> anyhow::Result<AfterSocket> {
+    if !config.stun.is_empty() {
+        // The first answer is worth a short wait (candidates published at once); the probe
+        // carries on in the background either way.
+        let first = step(Step::NatProbe, async {
+            loop {
+                if dataplane.stats().await.public_addr.is_some() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if let Err(e) = first {
+            tracing::info!(error = %format!("{e:#}"), "NAT probe continues in the background");
+        }
+    }
+    if let Some(lan) = state.lan_settings().await? {
+        dataplane.set_lan(crate::lan::to_core(&lan)).await;
+    }
+    // `--name` wins for this run; else what the player saved in the settings; else the
+    // machine's host name.
+    let name = match &config.player_name {
+        Some(n) => n.clone(),
+        None => state
+            .player_name()
+            .await?
+            .unwrap_or_else(default_player_name),
+    };
+    let changes = Arc::new(tokio::sync::Notify::new());
+    let (control_url, embedded) = step(Step::Control, async {
+        match &config.control {
+            Some(url) => {
+                let url = url.trim_end_matches('/').to_owned();
+                // Not fatal: the party comes back as soon as the control plane answers.
+                if let Err(reason) = control_health(&url).await {
+                    tracing::warn!(
+                        step = Step::Control.name(), control = %url, %reason,
+                        "cannot reach the control plane; retrying in the background"
+                    );
+                }
+                Ok((url, None))
+            }
+            None => {
+                let (url, stop, task) = start_embedded_control(config, state, key).await?;
+                Ok((url, Some((stop, task))))
+            }
+        }
+    })
+    .await?;
+    let mut profile_dirs = vec![config.state_dir.join("profiles")];
+    profile_dirs.extend(config.profile_dirs.iter().cloned());
+    let games = step(Step::Detectors, async {
+        Ok(crate::games::start(
+            crate::games::Sources { dirs: profile_dirs },
+            config.game_scan,
+            dataplane.clone(),
+            Arc::clone(&changes),
+        ))
+    })
+    .await?;
+    let shared = Arc::new(RwLock::new(Shared {
+        key,
+        name: name.clone(),
+        host_mode: embedded.is_some(),
+        control_url: control_url.clone(),
+        control: "idle".into(),
+        party: None,
+    }));
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        state.writes().clone(),
+        config.alerts,
+    ));
+    metrics.restore(state.pool()).await;
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let api_listener = step(Step::Api, async {
+        TcpListener::bind(config.api).await.with_context(|| {
+            format!(
+                "binding the local API on {} (is another LANrage daemon running?)",
+                config.api
+            )
+        })
+    })
+    .await?;
+    let api_addr = api_listener.local_addr()?;
+    let (api_stop, api_stop_rx) = oneshot::channel::<()>();
+    let api_state = ApiState::new(
+        cmd_tx,
+        Arc::clone(&shared),
+        dataplane.clone(),
+        state.clone(),
+        api_token,
+        api_addr.port(),
+    )
+    .with_games(Arc::clone(&games.view))
+    .with_changes(Arc::clone(&changes))
+    .with_metrics(metrics);
+    let tasks = vec![crate::tasks::supervise(
+        "events",
+        Priority::Api,
+        api::hub_task(api_state.clone()),
+    )];
+    let api_task = tokio::spawn(api::serve(api_listener, api_state, async {
+        let _ = api_stop_rx.await;
+    }));
+    Ok(AfterSocket {
+        embedded,
+        control_url,
+        key,
+        name,
+        changes,
+        games,
+        shared,
+        cmd_rx,
+        api_addr,
+        api: (api_stop, api_task),
+        tasks,
+    })
+}
+
+/// Whether the control plane answers its health check.
+async fn control_health(url: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    match client.get(format!("{url}/v1/health")).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("it answered {}", r.status())),
+        Err(e) => Err(e.without_url().to_string()),
+    }
 }
 
 async fn start_embedded_control(
@@ -492,8 +683,14 @@ impl Supervisor {
                         self.publish_candidates().await;
                     }
                 }
-                Some(cmd) = cmds.recv() => self.command(cmd).await,
-                Some(ev) = events.recv() => self.event(ev).await,
+                Some(cmd) = cmds.recv() => {
+                    let span = self.command_span(&cmd);
+                    self.command(cmd).instrument(span).await
+                }
+                Some(ev) = events.recv() => {
+                    let span = self.party_span();
+                    self.event(ev).instrument(span).await
+                }
                 _ = heartbeat.tick() => self.beat(),
                 _ = candidates.tick() => {
                     // Only while the control plane answers: a publish to a dead one would
@@ -531,6 +728,36 @@ impl Supervisor {
             .start_session(invite, saved.player_name, saved.last_view, true)
             .await;
         self.beat();
+    }
+
+    /// The span a command runs in: named after it, with the party it concerns (for a join,
+    /// the invite's), so every line it logs says which party.
+    fn command_span(&self, cmd: &Command) -> tracing::Span {
+        let (name, party) = match cmd {
+            Command::Create(..) => ("create", None),
+            Command::Join(code, ..) => (
+                "join",
+                code.trim().parse::<InviteCode>().ok().map(|i| i.party),
+            ),
+            Command::Leave(_) => ("leave", None),
+            Command::Kick(..) => ("kick", None),
+            Command::Lock(..) => ("lock", None),
+            Command::Invite(_) => ("invite", None),
+            Command::SetName(..) => ("set_name", None),
+        };
+        let party = party.or_else(|| self.session.as_ref().map(|s| s.invite.party));
+        match party {
+            Some(party) => tracing::info_span!("command", command = name, %party),
+            None => tracing::info_span!("command", command = name, party = tracing::field::Empty),
+        }
+    }
+
+    /// The current party's span, for work done on its behalf.
+    fn party_span(&self) -> tracing::Span {
+        match &self.session {
+            Some(s) => tracing::info_span!("party", party = %s.invite.party),
+            None => tracing::Span::none(),
+        }
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -652,6 +879,8 @@ impl Supervisor {
         player_name: String,
         view: PartyView,
     ) -> Result<InviteResponse, LocalError> {
+        // A created party's id is known only now.
+        tracing::Span::current().record("party", tracing::field::display(invite.party));
         if let Err(e) = self
             .start_session(invite, player_name, Some(view), false)
             .await

@@ -6,6 +6,7 @@ pub mod games;
 pub mod ids;
 pub mod invite;
 pub mod local;
+pub mod metrics;
 
 pub use ids::{DeviceKey, IdError, PartyId, PartySecret};
 pub use invite::{InviteCode, InviteError};

@@ -385,6 +385,62 @@ pub struct QualitySample {
     pub path: PathKind,
 }
 
+/// `GET /api/v1/quality/history?window=5m|1h|24h`: each member's latency, jitter, loss
+/// and score over the window, from the daemon's bounded series (kept across restarts at
+/// one-minute and one-hour resolution).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QualityHistory {
+    pub window_secs: u64,
+    /// Width of each point.
+    pub step_secs: u64,
+    pub peers: Vec<PeerHistory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PeerHistory {
+    pub public_key: DeviceKey,
+    /// The member's name (the last one seen, for members who left).
+    pub name: String,
+    /// Whether the member is in the party now.
+    pub present: bool,
+    /// `latency_ms`, `jitter_ms`, `loss_pct`, `quality`.
+    pub metrics: Vec<MetricHistory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MetricHistory {
+    pub metric: String,
+    /// Over the whole window; `None` without samples.
+    pub summary: Option<HistoryPoint>,
+    /// Oldest first; a period without samples has no point.
+    pub points: Vec<HistoryPoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HistoryPoint {
+    /// Start of the period.
+    pub at_unix_s: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Samples (one a second) in the period.
+    pub count: u32,
+}
+
+/// The `alert` event: a member's latency or loss crossed its threshold (`raised`), or came
+/// back under it (`raised: false`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Alert {
+    pub public_key: DeviceKey,
+    pub name: String,
+    /// `latency` or `loss`.
+    pub metric: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub raised: bool,
+    pub at_unix_ms: u64,
+}
+
 /// The `sample` event: every member's latency and path at one moment.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sample {
@@ -413,6 +469,7 @@ pub enum Event {
     Quality(Quality),
     Sample(Sample),
     LanEvents(Vec<LanEvent>),
+    Alert(Alert),
 }
 
 /// LAN emulation settings the player controls (`lanrage lan …`), kept across restarts.

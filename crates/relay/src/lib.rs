@@ -3,8 +3,10 @@
 //! subset, see [`turn`]) with TURN REST shared-secret credentials.
 //!
 //! The protocol steps are sans-IO ([`answer`] and [`turn::Server`]); [`serve`] is the UDP
-//! shell around them, and [`register`] announces the relay to a control plane.
+//! shell around them, [`register`] announces the relay to a control plane, and [`metrics`]
+//! serves its numbers to Prometheus.
 
+pub mod metrics;
 pub mod register;
 pub mod turn;
 
@@ -12,8 +14,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use lanrage_core::stun::{self, Stun};
@@ -100,29 +103,51 @@ pub const MAX_RELAY_PORTS: usize = 4096;
 /// What a running relay reports (for registration and metrics).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Load {
+    /// Whether TURN runs (a secret was given); the TURN fields are zero otherwise.
+    pub turn: bool,
     pub allocations: usize,
+    /// Relay ports still free: how many more allocations fit.
     pub capacity: usize,
+    pub permissions: usize,
+    pub channels: usize,
     pub counters: turn::Counters,
+    /// STUN Binding requests answered.
+    pub stun_answered: u64,
+    /// Time since the relay bound its sockets.
+    pub uptime: Duration,
 }
 
 /// A handle on a running relay's state.
 #[derive(Clone)]
 pub struct Handle {
     server: Option<Arc<Mutex<turn::Server>>>,
+    shell: Arc<ShellStats>,
 }
 
 impl Handle {
     pub fn load(&self) -> Load {
-        let Some(server) = &self.server else {
-            return Load::default();
+        let mut load = Load {
+            stun_answered: self.shell.stun_answered.load(Ordering::Relaxed),
+            uptime: self.shell.started.elapsed(),
+            ..Load::default()
         };
-        let s = lock(server);
-        Load {
-            allocations: s.allocations(),
-            capacity: s.capacity(),
-            counters: s.counters(),
+        if let Some(server) = &self.server {
+            let s = lock(server);
+            load.turn = true;
+            load.allocations = s.allocations();
+            load.capacity = s.capacity();
+            load.permissions = s.permissions();
+            load.channels = s.channels();
+            load.counters = s.counters();
         }
+        load
     }
+}
+
+/// What the UDP shell counts itself (the TURN server counts the rest).
+struct ShellStats {
+    started: Instant,
+    stun_answered: AtomicU64,
 }
 
 fn lock(server: &Mutex<turn::Server>) -> std::sync::MutexGuard<'_, turn::Server> {
@@ -143,6 +168,7 @@ struct Shared {
     listen: Vec<(SocketAddr, Arc<UdpSocket>)>,
     relays: HashMap<SocketAddr, Arc<UdpSocket>>,
     server: Option<Arc<Mutex<turn::Server>>>,
+    stats: Arc<ShellStats>,
 }
 
 impl Shared {
@@ -213,6 +239,10 @@ impl Relay {
                 listen,
                 relays,
                 server,
+                stats: Arc::new(ShellStats {
+                    started: Instant::now(),
+                    stun_answered: AtomicU64::new(0),
+                }),
             }),
         })
     }
@@ -225,6 +255,7 @@ impl Relay {
     pub fn handle(&self) -> Handle {
         Handle {
             server: self.shared.server.clone(),
+            shell: Arc::clone(&self.shared.stats),
         }
     }
 
@@ -298,6 +329,7 @@ async fn run_listen(shared: Arc<Shared>, index: usize) {
         let (n, from) = recv(socket, &mut buf).await;
         let datagram = &buf[..n];
         if let Some(reply) = answer(from, *local, datagram, &addrs) {
+            shared.stats.stun_answered.fetch_add(1, Ordering::Relaxed);
             send(&shared, reply).await;
             continue;
         }

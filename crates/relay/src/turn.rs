@@ -64,15 +64,62 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
-/// What the server dropped, by reason.
+/// What the server did and dropped since it started, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub allocations_made: u64,
-    pub unauthenticated: u64,
+    /// Requests without (complete) credentials, answered 401 with a nonce: every client's
+    /// first round trip (RFC 8489 §9.2.4), not an attack by itself.
+    pub challenged: u64,
+    /// Requests with a nonce from before the last bucket, answered 438 (RFC 8489 §9.2.4).
+    pub stale_nonce: u64,
+    /// Requests with a wrong or expired credential or another realm, answered 401.
+    pub bad_credentials: u64,
+    /// Datagrams for a relayed address or 5-tuple without an allocation.
     pub no_allocation: u64,
+    /// Datagrams to or from a peer without a permission (or on an unbound channel).
     pub no_permission: u64,
+    /// Datagrams over their allocation's byte rate.
     pub rate_limited: u64,
-    pub relayed_bytes: u64,
+    /// Data relayed from clients out to peers.
+    pub to_peer: Traffic,
+    /// Data relayed from peers back to clients.
+    pub to_client: Traffic,
+}
+
+/// Datagrams relayed in one direction and their payload bytes (application data, without
+/// the TURN framing around it on the client side).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Which way relayed data goes, for [`Counters`].
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    ToPeer,
+    ToClient,
+}
+
+/// Why a request's credentials were refused; all three answers carry a fresh nonce.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// No credentials yet, or not all of them (401).
+    Challenge,
+    /// A nonce no longer accepted (438).
+    StaleNonce,
+    /// A wrong or expired credential, or another realm (401).
+    BadCredentials,
+}
+
+impl Refusal {
+    fn code(self) -> u16 {
+        match self {
+            Refusal::StaleNonce => 438,
+            Refusal::Challenge | Refusal::BadCredentials => 401,
+        }
+    }
 }
 
 /// Where client data goes: a bound channel's peer, or a Send indication's.
@@ -109,6 +156,7 @@ impl Allocation {
         bytes: usize,
         rate: u64,
         now: Instant,
+        direction: Direction,
         counters: &mut Counters,
     ) -> bool {
         if !self.permitted(ip, now) {
@@ -119,7 +167,12 @@ impl Allocation {
             counters.rate_limited += 1;
             return false;
         }
-        counters.relayed_bytes += bytes as u64;
+        let traffic = match direction {
+            Direction::ToPeer => &mut counters.to_peer,
+            Direction::ToClient => &mut counters.to_client,
+        };
+        traffic.packets += 1;
+        traffic.bytes += bytes as u64;
         true
     }
 
@@ -183,6 +236,18 @@ impl Server {
 
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Permissions held over all allocations (expired ones count until the next
+    /// [`Server::handle_timeout`]).
+    pub fn permissions(&self) -> usize {
+        self.allocations.values().map(|a| a.permissions.len()).sum()
+    }
+
+    /// Channels bound over all allocations (expired ones count until the next
+    /// [`Server::handle_timeout`]).
+    pub fn channels(&self) -> usize {
+        self.allocations.values().map(|a| a.channels.len()).sum()
     }
 
     /// Drops expired allocations, permissions and channels.
@@ -264,7 +329,8 @@ impl Server {
         };
         let rate = self.config.rate_bytes_per_sec;
         let a = self.allocations.get_mut(&owner)?;
-        if !a.admit(from.ip(), datagram.len(), rate, now, &mut self.counters) {
+        let (ip, len) = (from.ip(), datagram.len());
+        if !a.admit(ip, len, rate, now, Direction::ToClient, &mut self.counters) {
             return None;
         }
         let payload = match a.by_peer.get(&from) {
@@ -301,7 +367,8 @@ impl Server {
                 }
             },
         };
-        if !a.admit(peer.ip(), payload.len(), rate, now, &mut self.counters) {
+        let (ip, len) = (peer.ip(), payload.len());
+        if !a.admit(ip, len, rate, now, Direction::ToPeer, &mut self.counters) {
             return None;
         }
         Some(Transmit {
@@ -358,30 +425,29 @@ impl Server {
         (bucket == now || bucket == now.wrapping_sub(1)) && raw[2..] == self.nonce_mac(bucket, from)
     }
 
-    /// Checks the long-term credential of a request: `Ok` with the user, or the error
-    /// response to send.
+    /// Checks the long-term credential of a request: `Ok` with the user, or why not.
     fn authenticate(
         &mut self,
         msg: &TurnRequest,
         from: SocketAddr,
         unix: u64,
-    ) -> Result<Authed, (u16, bool)> {
+    ) -> Result<Authed, Refusal> {
         let (Some(user), Some(realm), Some(nonce), Some(mi)) = (
             msg.get_attribute::<Username>(),
             msg.get_attribute::<Realm>(),
             msg.get_attribute::<Nonce>(),
             msg.get_attribute::<MessageIntegrity>(),
         ) else {
-            return Err((401, true));
+            return Err(Refusal::Challenge);
         };
         if realm.text() != turn::REALM {
-            return Err((401, true));
+            return Err(Refusal::BadCredentials);
         }
         if !self.nonce_fresh(nonce.value(), from, unix) {
-            return Err((438, true));
+            return Err(Refusal::StaleNonce);
         }
         let Some((expiry, id)) = turn::parse_rest_username(user.name()) else {
-            return Err((401, true));
+            return Err(Refusal::BadCredentials);
         };
         let password = turn::rest_password(&self.config.secret, user.name());
         if mi
@@ -389,7 +455,7 @@ impl Server {
             .is_err()
             || expiry < unix
         {
-            return Err((401, true));
+            return Err(Refusal::BadCredentials);
         }
         Ok(Authed {
             username: user.name().to_owned(),
@@ -413,9 +479,14 @@ impl Server {
         }
         let auth = match self.authenticate(msg, owner.0, unix) {
             Ok(a) => a,
-            Err((code, with_nonce)) => {
-                self.counters.unauthenticated += 1;
-                let reply = self.error(msg, code, with_nonce.then_some(owner.0), unix, None)?;
+            Err(refusal) => {
+                let counter = match refusal {
+                    Refusal::Challenge => &mut self.counters.challenged,
+                    Refusal::StaleNonce => &mut self.counters.stale_nonce,
+                    Refusal::BadCredentials => &mut self.counters.bad_credentials,
+                };
+                *counter += 1;
+                let reply = self.error(msg, refusal.code(), Some(owner.0), unix, None)?;
                 // No amplification towards an address that has not proved anything.
                 return (reply.len() <= request_len).then_some(reply);
             }

@@ -159,9 +159,15 @@ pub async fn run(st: ApiState) {
             let _ = st.hub.tx.send(msg);
         }
         if sample_now && let Some(status) = &status {
-            let sample = st.hub.record(status, crate::games::now_ms()).await;
+            let now_ms = crate::games::now_ms();
+            let sample = st.hub.record(status, now_ms).await;
             if let Some(msg) = encode(&Event::Sample(sample)) {
                 let _ = st.hub.tx.send(msg);
+            }
+            for alert in st.metrics.record(now_ms / 1000, status).await {
+                if let Some(msg) = encode(&Event::Alert(alert)) {
+                    let _ = st.hub.tx.send(msg);
+                }
             }
         }
     }

@@ -32,6 +32,8 @@ use crate::dataplane::DataPlane;
 use crate::state::State as Store;
 use crate::supervisor::{Command, Shared};
 
+pub(crate) use routes::round2;
+
 /// Where the API lives; the UI and everything else is outside it.
 pub const PREFIX: &str = "/api/v1";
 /// Request bodies larger than this are refused (the largest real one is a settings change).
@@ -52,6 +54,7 @@ pub struct ApiState {
     /// Woken by whoever changes what the event stream shows.
     changes: Arc<Notify>,
     hub: Arc<events::Hub>,
+    metrics: Arc<crate::metrics::Metrics>,
     openapi: Arc<OnceLock<String>>,
     /// Set when the API stops: ends the hub and every event stream.
     stop: Arc<watch::Sender<bool>>,
@@ -70,13 +73,17 @@ impl ApiState {
             cmds,
             shared,
             dataplane,
-            state,
+            state: state.clone(),
             settings_lock: Arc::default(),
             token: token.into(),
             port,
             games: Arc::default(),
             changes: Arc::default(),
             hub: Arc::new(events::Hub::new()),
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                state.writes().clone(),
+                crate::metrics::Thresholds::default(),
+            )),
             openapi: Arc::default(),
             stop: Arc::new(watch::channel(false).0),
         }
@@ -85,6 +92,12 @@ impl ApiState {
     /// Shows this game detector's findings.
     pub fn with_games(mut self, games: Arc<RwLock<crate::games::View>>) -> Self {
         self.games = games;
+        self
+    }
+
+    /// Records quality into these series (with their thresholds).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -143,12 +156,15 @@ pub fn app(state: ApiState) -> Router {
         .routes(routes!(routes::games_library))
         .routes(routes!(routes::get_settings, routes::patch_settings))
         .routes(routes!(routes::quality))
+        .routes(routes!(routes::quality_history))
         .routes(routes!(events::events))
         .routes(routes!(routes::openapi))
         .split_for_parts();
     let json = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
     let _ = state.openapi.set(json);
-    api.fallback(web::serve)
+    // Prometheus text, outside the versioned API: scrapers expect `/metrics`.
+    api.route("/metrics", axum::routing::get(routes::metrics))
+        .fallback(web::serve)
         .method_not_allowed_fallback(|| async {
             error(
                 405,
@@ -167,7 +183,6 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let hub = tokio::spawn(events::run(state.clone()));
     let stop_tx = Arc::clone(&state.stop);
     let app = app(state);
     let stop = async move {
@@ -181,7 +196,21 @@ pub async fn serve(
     {
         tracing::error!(error = %e, "local API stopped");
     }
-    hub.abort();
+}
+
+/// The event hub as a supervised task: it ends with the API, and is restarted if it fails.
+pub fn hub_task(
+    state: ApiState,
+) -> impl Fn(watch::Receiver<bool>) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
++ Send
++ 'static {
+    move |_stop| {
+        let st = state.clone();
+        Box::pin(async move {
+            events::run(st).await;
+            Ok(())
+        })
+    }
 }
 
 /// An error answer: `{"error": {"code", "message"}}`.

@@ -23,7 +23,7 @@ use crate::supervisor::{Command, LocalError};
 
 /// What `GET /status` and the `status` event show.
 /// Two decimals: what a person reads, and stable JSON for the event stream's diffing.
-pub(super) fn round2(v: f64) -> f64 {
+pub(crate) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
@@ -504,6 +504,65 @@ pub(super) async fn games_library(
 #[utoipa::path(get, path = "/api/v1/quality", tag = "status", responses((status = 200, body = Quality)))]
 pub(super) async fn quality(State(st): State<ApiState>) -> Json<Quality> {
     Json(st.hub.quality().await)
+}
+
+/// Which window of history to answer for.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub(super) struct WindowQuery {
+    /// `5m`, `1h`, `24h` (or seconds, or `Nd`, up to 30 days); default `5m`.
+    window: Option<String>,
+}
+
+/// Each member's latency, jitter, loss and score over a window, from the daemon's
+/// bounded series (seconds for the last hour, minutes for a day, hours for a month).
+#[utoipa::path(get, path = "/api/v1/quality/history", tag = "status", params(WindowQuery),
+    responses((status = 200, body = lanrage_proto::local::QualityHistory),
+        (status = 400, description = "bad window", body = lanrage_proto::local::LocalError)))]
+pub(super) async fn quality_history(
+    State(st): State<ApiState>,
+    query: Result<axum::extract::Query<WindowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let window = match query {
+        Ok(q) => q.0.window,
+        Err(e) => return error(400, "bad_request", e.body_text()),
+    };
+    let Some(secs) = crate::metrics::parse_window(window.as_deref().unwrap_or("5m")) else {
+        return error(
+            400,
+            "bad_window",
+            "window must be like 5m, 1h or 24h (at most 30d)",
+        );
+    };
+    let status = build_status(&st).await;
+    let now = crate::games::now_ms() / 1000;
+    Json(st.metrics.history(now, secs, &status).await).into_response()
+}
+
+/// Prometheus text: members by path, each member's latency, jitter, loss, score, bytes,
+/// packets and handshakes, LAN fan-out, and the daemon's own store and series.
+pub(super) async fn metrics(State(st): State<ApiState>) -> Response {
+    let status = build_status(&st).await;
+    let dp = st.dataplane.stats().await;
+    let lan = st.dataplane.lan().await.map(|v| lan_status_of(&v).counters);
+    let writes = st.state.writes();
+    let text = crate::metrics::render(&crate::metrics::Scrape {
+        status: &status,
+        peers: &dp.peers,
+        lan: lan.as_ref(),
+        dropped_spoofed: dp.dropped_spoofed,
+        store_transactions: writes.transactions(),
+        store_failures: writes.failures(),
+        series: st.metrics.footprint().await,
+        thresholds: st.metrics.thresholds,
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            lanrage_proto::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// This document.
