@@ -108,6 +108,8 @@ pub struct Lab {
     control: Option<Child>,
     daemons: Vec<Option<Child>>,
     extra: Vec<Child>,
+    /// Log lines at WARN or ERROR this test expects (substrings); any other fails it.
+    allowed: Vec<String>,
 }
 
 impl Lab {
@@ -122,6 +124,7 @@ impl Lab {
             control: None,
             daemons: (0..players).map(|_| None).collect(),
             extra: Vec::new(),
+            allowed: Vec::new(),
         };
         let sw = lab.ns_name("sw");
         must(Command::new("ip").args(["netns", "add", &sw]));
@@ -184,8 +187,71 @@ impl Lab {
             .expect("log file")
     }
 
+    /// Namespace of the control plane (10.99.0.1).
+    pub fn control_ns(&self) -> String {
+        self.ns_name("ctl")
+    }
+
+    /// A WARN or ERROR line containing `what` is expected in this test (e.g. the control
+    /// plane being killed on purpose); say why where it is called.
+    pub fn allow_log(&mut self, what: &str) {
+        self.allowed.push(what.to_owned());
+    }
+
+    /// Every WARN or ERROR line in the lab's logs that no [`Lab::allow_log`] expects.
+    pub fn unexpected_log_lines(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let Ok(dir) = std::fs::read_dir(self.dir.path()) else {
+            return bad;
+        };
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                let level = match serde_json::from_str::<Value>(line) {
+                    Ok(v) => v["level"].as_str().unwrap_or_default().to_owned(),
+                    // Human format: `TIMESTAMP LEVEL target: message`.
+                    Err(_) => line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_owned(),
+                };
+                if (level == "WARN" || level == "ERROR")
+                    && !self.allowed.iter().any(|a| line.contains(a.as_str()))
+                {
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                    bad.push(format!("{}: {line}", name.unwrap_or_default()));
+                }
+            }
+        }
+        bad
+    }
+
     /// Starts (or restarts) the control plane and waits until it accepts connections.
     pub fn start_control(&mut self) {
+        self.start_control_with(&[]);
+    }
+
+    /// Runs `lanrage ARGS` in the control plane's namespace (a relay, say), logging to
+    /// `NAME.log`; it is killed with the lab.
+    pub fn spawn_control_side(&mut self, name: &str, args: &[&str]) {
+        let child = Self::in_ns(&self.ns_name("ctl"), BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(self.log(name))
+            .stderr(self.log(name))
+            .spawn()
+            .expect("spawn");
+        self.extra.push(child);
+    }
+
+    /// [`Lab::start_control`] with extra arguments.
+    pub fn start_control_with(&mut self, extra: &[&str]) {
         let db = format!(
             "sqlite://{}",
             self.dir.path().join("control/control.db").display()
@@ -198,7 +264,9 @@ impl Lab {
                 "--database",
                 &db,
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(self.log("control"))
             .stderr(self.log("control"))
             .spawn()
@@ -247,6 +315,7 @@ impl Lab {
         }
         let child = cmd
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(self.log(&name))
             .stderr(self.log(&name))
             .spawn()
@@ -439,6 +508,15 @@ impl Drop for Lab {
         }
         let _ = run(Command::new("ip").args(["netns", "del", &self.ns_name("ctl")]));
         let _ = run(Command::new("ip").args(["netns", "del", &self.ns_name("sw")]));
+        // A normal run logs no WARN or ERROR; one that does fails (after cleaning up).
+        if !std::thread::panicking() {
+            let bad = self.unexpected_log_lines();
+            assert!(
+                bad.is_empty(),
+                "unexpected WARN/ERROR log lines:\n{}",
+                bad.join("\n")
+            );
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod games;
 mod harness;
+mod observability;
 mod web;
 
 use std::collections::BTreeSet;
@@ -263,7 +264,9 @@ fn bad_invites_locked_and_full_parties_are_refused() {
         .arg(std::env::temp_dir().join("lanrage-nobody")));
     assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).contains("run it as root") && stderr_of(&out).contains("CAP_NET_ADMIN"),
+        stderr_of(&out).contains("start-up step `tun` failed")
+            && stderr_of(&out).contains("run it as root")
+            && stderr_of(&out).contains("CAP_NET_ADMIN"),
         "{}",
         stderr_of(&out)
     );

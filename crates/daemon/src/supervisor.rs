@@ -881,6 +881,7 @@ impl Supervisor {
     ) -> Result<InviteResponse, LocalError> {
         // A created party's id is known only now.
         tracing::Span::current().record("party", tracing::field::display(invite.party));
+        tracing::info!(members = view.members.len(), "entering the party");
         if let Err(e) = self
             .start_session(invite, player_name, Some(view), false)
             .await

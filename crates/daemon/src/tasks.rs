@@ -247,7 +247,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_step_that_fails_or_hangs_is_named() {
-        let e = step(Step::Socket, async { anyhow::bail!("address in use") })
+        let e = step::<()>(Step::Socket, async { anyhow::bail!("address in use") })
             .await
             .expect_err("fails");
         assert_eq!(
