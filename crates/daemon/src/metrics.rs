@@ -16,8 +16,11 @@ use tokio::sync::Mutex;
 
 use crate::store::WriteBehind;
 
+/// Reads one number from a member's status.
+type Read = fn(&MemberStatus) -> Option<f64>;
+
 /// The series recorded per member, and how each is read from its status.
-const SERIES: [(&str, fn(&MemberStatus) -> Option<f64>); 4] = [
+const SERIES: [(&str, Read); 4] = [
     ("latency_ms", |m| m.latency_ms),
     ("jitter_ms", |m| m.jitter_ms),
     ("loss_pct", |m| m.loss_pct),
@@ -279,7 +282,6 @@ pub fn render(s: &Scrape<'_>) -> String {
         let n = members.iter().filter(|m| m.path.as_str() == path).count();
         e.sample(&[("path", path)], n as u64);
     }
-    type Read = fn(&MemberStatus) -> Option<f64>;
     let gauges: [(&str, &str, Read); 4] = [
         (
             "lanrage_peer_latency_milliseconds",
