@@ -245,6 +245,8 @@ fn renamed_binaries_globs_near_misses_ports_and_own_profiles() {
         "[lan_test_game]\nname = \"LAN Test Game\"\nexecutables = [\"lanrage-test-game\"]\nports = [41999]\nmtu = 1380\nkeepalive = 7\npriority = \"high\"\n",
     )
     .expect("write");
+    // The broken profile is on purpose: the daemon warns that it skipped it.
+    lab.allow_log("game profile skipped");
     std::fs::write(
         profiles.join("broken.toml"),
         "[oops]\nname = \"Oops\"\nexecutables = [\"oops\"]\nports = [\"9-1\"]\n",

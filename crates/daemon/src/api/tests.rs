@@ -63,6 +63,9 @@ async fn serve_api() -> (SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).await.expect("state");
     let state = ApiState::new(tx, shared, dataplane, store, TOKEN.into(), addr.port());
+    // The event hub runs beside the server, as the daemon's start-up runs it (supervised).
+    let hub = super::hub_task(state.clone());
+    tokio::spawn(async move { hub(tokio::sync::watch::channel(false).1).await });
     tokio::spawn(serve(listener, state, std::future::pending()));
     (addr, dir)
 }
@@ -413,6 +416,7 @@ async fn openapi_document_matches_the_routes_served() {
         "/api/v1/games/library",
         "/api/v1/settings",
         "/api/v1/quality",
+        "/api/v1/quality/history",
         "/api/v1/events",
         "/api/v1/openapi.json",
     ];
