@@ -188,21 +188,23 @@ pub async fn run(
     })
     .await?;
     let started = start(&config, state.clone(), secret.clone(), api_token).await;
-    let Started {
+    let (
         dataplane,
         dp_task,
-        embedded,
-        control_url,
-        key,
-        name,
-        changes,
-        games,
-        shared,
-        cmd_rx,
-        api_addr,
-        api,
-        mut tasks,
-    } = match started {
+        Started {
+            embedded,
+            control_url,
+            key,
+            name,
+            changes,
+            games,
+            shared,
+            cmd_rx,
+            api_addr,
+            api,
+            mut tasks,
+        },
+    ) = match started {
         Ok(s) => s,
         Err(e) => {
             state.close().await;
@@ -270,23 +272,6 @@ pub async fn run(
     Ok(())
 }
 
-/// What start-up hands to the running daemon.
-struct Started {
-    dataplane: DataPlane,
-    dp_task: JoinHandle<()>,
-    embedded: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
-    control_url: String,
-    key: DeviceKey,
-    name: String,
-    changes: Arc<tokio::sync::Notify>,
-    games: crate::games::Handle,
-    shared: Arc<RwLock<Shared>>,
-    cmd_rx: mpsc::Receiver<Command>,
-    api_addr: SocketAddr,
-    api: (oneshot::Sender<()>, JoinHandle<()>),
-    tasks: Vec<crate::tasks::Supervised>,
-}
-
 /// The start-up steps after the keys and the store; on failure nothing they started is
 /// left running (the data plane holds no interface until a party is joined, and is told
 /// to clear anyway).
@@ -295,7 +280,7 @@ async fn start(
     state: State,
     secret: StaticSecret,
     api_token: String,
-) -> anyhow::Result<Started> {
+) -> anyhow::Result<(DataPlane, JoinHandle<()>, Started)> {
     let key = DeviceKey::from_bytes(PublicKey::from(&secret).to_bytes());
     step(Step::Tun, async { net::check_tun() }).await?;
     let (dataplane, dp_task) = step(
@@ -311,7 +296,7 @@ async fn start(
     .await?;
     let rest = start_after_socket(config, &state, key, api_token, &dataplane).await;
     match rest {
-        Ok(parts) => Ok(parts.finish(dataplane, dp_task)),
+        Ok(parts) => Ok((dataplane, dp_task, parts)),
         Err(e) => {
             dataplane.clear().await;
             drop(dataplane);
@@ -321,7 +306,8 @@ async fn start(
     }
 }
 
-struct AfterSocket {
+/// What start-up hands to the running daemon, besides the data plane.
+struct Started {
     embedded: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     control_url: String,
     key: DeviceKey,
@@ -335,33 +321,13 @@ struct AfterSocket {
     tasks: Vec<crate::tasks::Supervised>,
 }
 
-impl AfterSocket {
-    fn finish(self, dataplane: DataPlane, dp_task: JoinHandle<()>) -> Started {
-        Started {
-            dataplane,
-            dp_task,
-            embedded: self.embedded,
-            control_url: self.control_url,
-            key: self.key,
-            name: self.name,
-            changes: self.changes,
-            games: self.games,
-            shared: self.shared,
-            cmd_rx: self.cmd_rx,
-            api_addr: self.api_addr,
-            api: self.api,
-            tasks: self.tasks,
-        }
-    }
-}
-
 async fn start_after_socket(
     config: &DaemonConfig,
     state: &State,
     key: DeviceKey,
     api_token: String,
     dataplane: &DataPlane,
-) -> anyhow::Result<AfterSocket> {
+) -> anyhow::Result<Started> {
     if !config.stun.is_empty() {
         // The first answer is worth a short wait (candidates published at once); the probe
         // carries on in the background either way.
@@ -466,7 +432,7 @@ async fn start_after_socket(
     let api_task = tokio::spawn(api::serve(api_listener, api_state, async {
         let _ = api_stop_rx.await;
     }));
-    Ok(AfterSocket {
+    Ok(Started {
         embedded,
         control_url,
         key,
