@@ -4,6 +4,10 @@
 mod games;
 mod harness;
 mod observability;
+mod security_control;
+mod security_files;
+mod security_flood;
+mod security_relay;
 mod web;
 
 use std::collections::BTreeSet;

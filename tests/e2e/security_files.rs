@@ -1,0 +1,1 @@
+//! Issue 17 hardening end-to-end tests (security_files).
