@@ -8,6 +8,7 @@ use lanrage_core::{classify, stun, turn};
 fuzz_target!(|data: &[u8]| {
     let _ = classify(data);
     let _ = stun::parse(data);
+    let _ = stun::parse_request(data);
     if let Some(msg) = turn::decode(data) {
         // Whatever decodes must encode again.
         let _ = turn::encode(msg);

@@ -38,7 +38,9 @@ pub fn server() -> Server {
             secret: SECRET.to_vec(),
             user_quota: 2,
             rate_bytes_per_sec: 10_000,
+            ..Config::default()
         },
+        &[listen()],
         &relay_ports(),
         NONCE_KEY,
     )

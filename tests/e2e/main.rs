@@ -1,6 +1,7 @@
 //! End-to-end scenarios on the real release binary, in network namespaces the tests create
 //! and always delete. Run as root; see the README.
 
+mod api_schema;
 mod games;
 mod harness;
 mod observability;
@@ -296,7 +297,8 @@ fn bad_invites_locked_and_full_parties_are_refused() {
     .expect("valid")
     .to_string();
     let cases = [
-        (wrong.as_str(), "secret is wrong"),
+        // The same answer as for an ended party: it must not tell which party ids exist.
+        (wrong.as_str(), "the invite is wrong"),
         ("lr1-this-is-not-an-invite", "malformed invite code"),
         ("hello", "malformed invite code"),
     ];
@@ -696,9 +698,9 @@ fn daemons_relay_through_coturn() {
     assert_eq!(lab.ping_loss("pA", "10.66.0.2", 20), 0.0);
 }
 
-/// coturn's own test client against our relay, with the same secret: allocations,
-/// permissions, channels (`-y`: two clients relaying to each other) and Send indications
-/// (`-s`), every message echoed; a wrong secret gets no allocation.
+/// coturn's own test client against our relay, with the same secret: allocations (RTP and
+/// RTCP pairs: EVEN-PORT with a reservation), permissions, channels and Send indications
+/// (`-s`), every message echoed by coturn's test peer; a wrong secret gets no allocation.
 #[test]
 fn coturn_test_client_works_against_our_relay() {
     harness::require_root_and_tools();
@@ -716,10 +718,21 @@ fn coturn_test_client_works_against_our_relay() {
             "127.0.0.1:3478",
         ])
         .args(["--secret", "uclient-secret", "--relay-ports", "50000-50015"])
+        // Everything here is on loopback, which relays refuse as a peer range unless it
+        // is opened. The peer is turnutils_peer on 127.0.0.2: two clients relaying to each
+        // other (`-y`) would relay through the relay's own address, refused always.
+        .args(["--allow-peer", "127.0.0.0/8"])
         .stdout(log.reopen().expect("log"))
         .stderr(log.reopen().expect("log"))
         .spawn()
         .expect("relay");
+    let mut peer = Command::new("ip")
+        .args(["netns", "exec", &ns, "turnutils_peer", "-L", "127.0.0.2"])
+        .args(["-p", "3480"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("turnutils_peer");
     std::thread::sleep(Duration::from_millis(500));
     let uclient = |extra: &[&str], secret: &str| {
         let out = run(Command::new("timeout")
@@ -733,7 +746,10 @@ fn coturn_test_client_works_against_our_relay() {
                 "50",
                 "-m",
                 "2",
-                "-y",
+                "-e",
+                "127.0.0.2",
+                "-r",
+                "3480",
             ])
             .args(extra)
             .arg("127.0.0.1"));
@@ -752,13 +768,15 @@ fn coturn_test_client_works_against_our_relay() {
             .collect();
         eprintln!("turnutils_uclient {mode:?}: sent/received {nums:?}");
         assert!(
-            nums.len() >= 2 && nums[0] == 200 && nums[1] == 200,
+            nums.len() >= 2 && nums[0] == 100 && nums[1] == 100,
             "{mode:?}:\n{out}"
         );
         assert!(out.contains("Total lost packets 0 "), "{mode:?}:\n{out}");
     }
     let out = uclient(&[], "not-the-secret");
     assert!(out.contains("Cannot complete Allocation"), "{out}");
+    let _ = peer.kill();
+    let _ = peer.wait();
     let _ = relay.kill();
     let _ = relay.wait();
 }

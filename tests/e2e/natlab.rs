@@ -415,6 +415,7 @@ impl NatLab {
     /// filtering), TURN on the first, registered with the control plane.
     pub fn start_relay(&mut self) {
         let control = format!("http://{SRV1}:8667");
+        let key = self.relay_key_file("relay");
         self.spawn_relay(&[
             "--secret",
             TURN_SECRET,
@@ -422,7 +423,35 @@ impl NatLab {
             "50000-50063",
             "--control",
             &control,
+            "--key-file",
+            &key,
         ]);
+    }
+
+    /// Where relay `name` keeps its signing key (in the lab's directory).
+    pub fn relay_key_file(&self, name: &str) -> String {
+        self.dir
+            .path()
+            .join(format!("{name}.key"))
+            .display()
+            .to_string()
+    }
+
+    /// The public key of relay `name`, creating its key file the way an operator would
+    /// (`lanrage relay --print-key`), for the control plane's `--trust-relay`.
+    pub fn relay_key(&self, name: &str) -> String {
+        let out = run(Command::new(BIN).args([
+            "relay",
+            "--key-file",
+            &self.relay_key_file(name),
+            "--print-key",
+        ]));
+        assert!(
+            out.status.success(),
+            "relay --print-key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// Our relay on the RFC 5780 set of addresses, with `extra` flags.
@@ -453,6 +482,7 @@ impl NatLab {
         );
         self.slow_link("far", "eth0", delay, 0.0, 0xfa);
         let control = format!("http://{SRV1}:8667");
+        let key = self.relay_key_file("far-relay");
         self.spawn(
             "far",
             "far-relay",
@@ -468,6 +498,8 @@ impl NatLab {
                 &control,
                 "--region",
                 "far",
+                "--key-file",
+                &key,
             ],
         );
         self.wait_for_registration("far-relay");
@@ -534,6 +566,12 @@ impl NatLab {
     fn start_control(&mut self, extra: &[&str]) {
         let db = format!("sqlite://{}", self.dir.path().join("control.db").display());
         let listen = format!("{SRV1}:8667");
+        // The lab's two relays (`start_relay`, `start_far_relay`), trusted up front.
+        let trusted = format!(
+            "{},{}",
+            self.relay_key("relay"),
+            self.relay_key("far-relay")
+        );
         let mut args = vec![
             "control",
             "--listen",
@@ -542,6 +580,8 @@ impl NatLab {
             &db,
             "--turn-secret",
             TURN_SECRET,
+            "--trust-relay",
+            &trusted,
         ];
         args.extend_from_slice(extra);
         self.spawn("srv", "control", &args);

@@ -87,6 +87,10 @@ fn metrics_logs_and_request_ids_during_a_party() {
             "obs-secret",
             "--metrics",
             &format!("{CONTROL_IP}:9464"),
+            // The flat lab's hosts all sit in 10.99.0.0/24, a private range relays refuse
+            // as peers unless the operator opens it, as a LAN-only deployment would.
+            "--allow-peer",
+            "10.99.0.0/24",
         ],
     );
     lab.start_control_with(&[

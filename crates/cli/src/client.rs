@@ -133,10 +133,11 @@ impl LocalClient {
         max_members: Option<u32>,
         player_name: Option<String>,
     ) -> anyhow::Result<()> {
+        // What a player types may carry stray spaces; the API takes names as they are.
         let req = CreateRequest {
-            name,
+            name: name.trim().to_owned(),
             max_members,
-            player_name,
+            player_name: player_name.map(|n| n.trim().to_owned()),
         };
         let r: InviteResponse = self.post("/api/v1/party/create", &req).await?;
         self.print_invite(&r, "Party created.")
@@ -147,8 +148,8 @@ impl LocalClient {
             .post(
                 "/api/v1/party/join",
                 &JoinRequest {
-                    invite,
-                    player_name,
+                    invite: invite.trim().to_owned(),
+                    player_name: player_name.map(|n| n.trim().to_owned()),
                 },
             )
             .await?;

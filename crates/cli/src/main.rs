@@ -188,9 +188,27 @@ struct ControlArgs {
     #[arg(long, env = "LANRAGE_NETWORK", default_value = lanrage_proto::DEFAULT_PARTY_NETWORK)]
     network: lanrage_control::PartyNetwork,
     /// Secret shared with the relays (and with coturn's `static-auth-secret`): TURN
-    /// credentials are issued with it and relay registrations checked against it.
+    /// credentials are issued with it.
     #[arg(long, env = "LANRAGE_TURN_SECRET")]
     turn_secret: Option<String>,
+    /// A relay key whose registrations are accepted (repeatable; `lanrage relay
+    /// --print-key` shows a relay's). Without any, relays cannot register.
+    #[arg(
+        long = "trust-relay",
+        env = "LANRAGE_TRUST_RELAY",
+        value_delimiter = ','
+    )]
+    trust_relay: Vec<lanrage_control::RelayKey>,
+    /// Open TCP connections one client address may hold (an IPv6 /64 counts as one).
+    #[arg(long, env = "LANRAGE_CONTROL_CONNECTIONS_PER_IP", default_value_t = 64)]
+    connections_per_ip: usize,
+    /// Open WebSockets one device may hold; a new one closes its oldest.
+    #[arg(
+        long,
+        env = "LANRAGE_CONTROL_WEBSOCKETS_PER_DEVICE",
+        default_value_t = 4
+    )]
+    websockets_per_device: usize,
     /// A STUN server to hand to daemons besides the registered relays (repeatable).
     #[arg(long = "stun", value_delimiter = ',')]
     stun: Vec<SocketAddr>,
@@ -220,18 +238,51 @@ struct RelayArgs {
     /// IP relayed addresses are announced with (default: the first --listen IP).
     #[arg(long)]
     relay_ip: Option<std::net::IpAddr>,
-    /// Control plane to register with (heartbeat every 10 s); needs --secret.
+    /// Control plane to register with (heartbeat every 10 s), signed with --key-file; the
+    /// control plane must trust the key (`lanrage control --trust-relay KEY`).
     #[arg(long, env = "LANRAGE_CONTROL")]
     control: Option<String>,
+    /// The relay's signing key (created, mode 0600, if missing); used with --control.
+    #[arg(
+        long,
+        env = "LANRAGE_RELAY_KEY_FILE",
+        default_value = "/var/lib/lanrage/relay.key"
+    )]
+    key_file: PathBuf,
+    /// Print the relay's public key (creating the key file if needed) and exit.
+    #[arg(long)]
+    print_key: bool,
     /// Region announced to the control plane.
     #[arg(long, default_value = "")]
     region: String,
-    /// Allocations one user may hold at once.
-    #[arg(long, default_value_t = 10)]
+    /// Allocations one TURN user id (one device in one party) may hold at once.
+    #[arg(long, env = "LANRAGE_RELAY_USER_QUOTA", default_value_t = 4)]
     user_quota: usize,
+    /// Allocations one source IP may hold at once (486 past it).
+    #[arg(long, env = "LANRAGE_RELAY_IP_QUOTA", default_value_t = 8)]
+    ip_quota: usize,
+    /// Allocations one party may hold at once; never more than half the relay.
+    #[arg(long, env = "LANRAGE_RELAY_PARTY_QUOTA", default_value_t = 80)]
+    party_quota: usize,
+    /// Allocations the relay holds at most (508 past it); default: the relay ports less
+    /// one in sixteen kept in reserve.
+    #[arg(long, env = "LANRAGE_RELAY_MAX_ALLOCATIONS")]
+    max_allocations: Option<usize>,
     /// Per-allocation rate limit in Mbit/s.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "LANRAGE_RELAY_RATE_LIMIT_MBPS", default_value_t = 50)]
     rate_limit_mbps: u64,
+    /// Rate limit of one TURN user id over all its allocations, in Mbit/s.
+    #[arg(long, env = "LANRAGE_RELAY_USER_RATE_MBPS", default_value_t = 100)]
+    user_rate_mbps: u64,
+    /// Rate limit of the whole relay, in Mbit/s.
+    #[arg(long, env = "LANRAGE_RELAY_TOTAL_RATE_MBPS", default_value_t = 1000)]
+    total_rate_mbps: u64,
+    /// A special-use range peers may be relayed to after all (repeatable), e.g.
+    /// 10.0.0.0/8 for a relay serving one private network. By default private,
+    /// shared, loopback, link-local, multicast and reserved ranges are refused; the
+    /// relay's own addresses always are.
+    #[arg(long, env = "LANRAGE_ALLOW_PEER", value_delimiter = ',')]
+    allow_peer: Vec<lanrage_relay::turn::Cidr>,
     /// TCP address to serve Prometheus metrics on (`GET /metrics`, no authentication:
     /// keep it on a private address or behind a firewall), e.g. 127.0.0.1:9478.
     #[arg(long, env = "LANRAGE_RELAY_METRICS")]
@@ -286,6 +337,10 @@ enum PartyCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
+    // Everything LANrage writes (databases with party secrets, keys, tokens, logs) is the
+    // running user's alone; state directories are repaired on top (private_dir).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     lanrage_daemon::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -444,15 +499,28 @@ async fn control(args: ControlArgs) -> anyhow::Result<()> {
     config.ice.turn_secret = args.turn_secret;
     config.ice.stun = args.stun;
     config.ice.turn = args.turn;
+    config.ice.trusted_relays = args.trust_relay;
+    if args.connections_per_ip == 0 || args.websockets_per_device == 0 {
+        anyhow::bail!("--connections-per-ip and --websockets-per-device must be at least 1");
+    }
+    config.limits.connections_per_ip = args.connections_per_ip;
+    config.limits.websockets_per_device = args.websockets_per_device;
     let control = lanrage_control::Control::open(config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
-    tracing::info!(listen = %args.listen, "control plane up");
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft);
+    tracing::info!(listen = %args.listen, open_files = nofile, "control plane up");
     control.serve(listener, shutdown_signal()).await
 }
 
 async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    if args.print_key {
+        let signer = lanrage_relay::register::load_or_create_key(&args.key_file)?;
+        println!("{}", signer.public_key());
+        return Ok(());
+    }
     let first = args
         .listen
         .first()
@@ -465,7 +533,14 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
             config: lanrage_relay::turn::Config {
                 secret: secret.into_bytes(),
                 user_quota: args.user_quota,
+                ip_quota: args.ip_quota,
+                party_quota: args.party_quota,
+                max_allocations: args.max_allocations,
                 rate_bytes_per_sec: args.rate_limit_mbps.saturating_mul(125_000),
+                user_rate_bytes_per_sec: args.user_rate_mbps.saturating_mul(125_000),
+                total_rate_bytes_per_sec: args.total_rate_mbps.saturating_mul(125_000),
+                allow_peers: args.allow_peer.clone(),
+                self_peers: Vec::new(),
             },
             relay_ip: args.relay_ip.unwrap_or(first.ip()),
             ports: args.relay_ports.0..=args.relay_ports.1,
@@ -493,39 +568,60 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let registration = match (&args.control, &args.secret) {
-        (Some(control), Some(secret)) => {
+    let registration = match &args.control {
+        Some(control) => {
             let addrs = relay.listen_addrs();
             if addrs.iter().any(|a| a.ip().is_unspecified()) {
                 anyhow::bail!(
                     "--control needs --listen on specific IPs: they are what the relay announces"
                 );
             }
-            Some(tokio::spawn(lanrage_relay::register::run(
-                lanrage_relay::register::Registration {
-                    control: control.clone(),
-                    secret: secret.clone(),
-                    id: format!("relay-{first}"),
-                    region: args.region.clone(),
-                    addrs,
-                },
-                relay.handle(),
-            )))
+            let signer = lanrage_relay::register::load_or_create_key(&args.key_file)?;
+            // The operator copies this into the control plane's --trust-relay.
+            tracing::info!(key = %signer.public_key(), key_file = %args.key_file.display(), "relay key");
+            let reg = lanrage_relay::register::Registration {
+                control: control.clone(),
+                signer: std::sync::Arc::new(signer),
+                id: format!("relay-{first}"),
+                region: args.region.clone(),
+                addrs,
+            };
+            let task = tokio::spawn(lanrage_relay::register::run(reg.clone(), relay.handle()));
+            Some((reg, task))
         }
-        (Some(_), None) => {
-            anyhow::bail!("--control needs --secret: registrations are signed with it")
-        }
-        _ => None,
+        None => None,
     };
-    relay.run(shutdown_signal()).await;
-    if let Some(r) = registration {
-        r.abort();
+    let handle = relay.handle();
+    let farewell = registration.as_ref().map(|(reg, _)| reg.clone());
+    let shutdown = shutdown_signal();
+    // Allocations keep flowing while the control plane is told the relay is going away.
+    relay
+        .run(async move {
+            shutdown.await;
+            if let Some(reg) = farewell {
+                lanrage_relay::register::farewell(&reg, &handle).await;
+            }
+        })
+        .await;
+    if let Some((_, task)) = registration {
+        task.abort();
     }
     if let Some((stop, task)) = metrics {
         let _ = stop.send(());
         task.await??;
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: a server's connections are files,
+/// and the usual soft 1024 is a small share of what the system allows. Best effort.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed now, not when the future is

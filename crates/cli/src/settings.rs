@@ -72,7 +72,7 @@ pub async fn run(c: &LocalClient, cmd: Option<SettingsCmd>) -> anyhow::Result<()
                 anyhow::bail!("nothing to change; see `lanrage settings set --help`");
             }
             let update = SettingsUpdate {
-                player_name,
+                player_name: player_name.map(|n| n.trim().to_owned()),
                 lan: touched.then_some(lan),
             };
             c.request(reqwest::Method::PATCH, "/api/v1/settings", Some(&update))

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds to wait before asking again (`Retry-After`, RFC 9110 §10.2.3).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +22,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: a quota is used up; `wait` until the next try counts.
+    pub fn too_many(
+        code: &'static str,
+        message: impl Into<String>,
+        wait: std::time::Duration,
+    ) -> Self {
+        Self {
+            // Whole seconds, rounded up, never 0: "now" would invite a tight retry loop.
+            retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
 
@@ -77,6 +93,12 @@ impl IntoResponse for ApiError {
             code: self.code.to_owned(),
             error: self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

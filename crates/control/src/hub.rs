@@ -23,11 +23,25 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Registers a connection; the receiver ends when the hub drops it.
-    pub fn register(&self, key: DeviceKey) -> (u64, mpsc::Receiver<ServerMessage>) {
+    /// Registers a connection; the receiver ends when the hub drops it. A device holds at
+    /// most `cap` connections: past it the oldest is told why and closed, so a client that
+    /// reconnects before its old socket is noticed dead always gets in.
+    pub fn register(&self, key: DeviceKey, cap: usize) -> (u64, mpsc::Receiver<ServerMessage>) {
         let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().entry(key).or_default().push((id, tx));
+        let mut conns = self.lock();
+        let list = conns.entry(key).or_default();
+        list.push((id, tx));
+        while list.len() > cap.max(1) {
+            let (_, oldest) = list.remove(0);
+            let _ = oldest.try_send(ServerMessage::Error {
+                error: format!(
+                    "too_many_connections: this device has more than {cap} open; closing the oldest"
+                ),
+            });
+            tracing::debug!("WebSocket cap reached; closing this device's oldest");
+        }
+        drop(conns);
         (id, rx)
     }
 

@@ -8,11 +8,14 @@
 mod auth;
 mod error;
 mod hub;
+mod limits;
 mod metrics;
 mod net;
 mod parties;
+pub mod private_dir;
 mod relays;
 mod routes;
+mod server;
 mod store;
 
 use std::future::Future;
@@ -23,8 +26,10 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use lanrage_core::turn::RelayKey;
+pub use limits::{Limits, Quota};
 pub use net::PartyNetwork;
-pub use relays::IceConfig;
+pub use relays::{IceConfig, LoadSource, RelayLoad};
 
 /// Settings of one control-plane instance.
 #[derive(Debug, Clone)]
@@ -47,6 +52,8 @@ pub struct ControlConfig {
     /// default for a standalone control plane, whose operator firewalls it; an embedded one
     /// whose port faces the players may turn it off and use [`Control::metrics`] instead.
     pub metrics: bool,
+    /// Timeouts, connection caps and per-client quotas.
+    pub limits: Limits,
 }
 
 impl ControlConfig {
@@ -59,10 +66,13 @@ impl ControlConfig {
             liveness: Liveness::default(),
             creators: None,
             ice: IceConfig {
-                credential_ttl: Duration::from_secs(12 * 3600),
+                // Bound to a membership and revoked when it ends; daemons renew every
+                // minute, so an hour only bounds what a revocation a relay missed allows.
+                credential_ttl: Duration::from_secs(3600),
                 ..IceConfig::default()
             },
             metrics: true,
+            limits: Limits::default(),
         }
     }
 }
@@ -120,6 +130,12 @@ impl Control {
         self.inner.sweep(now_ms).await
     }
 
+    /// Every TURN revocation from now on (a member left or was removed), for a relay in
+    /// the same process; relays elsewhere learn them in their heartbeat's answer.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<lanrage_proto::api::Revocation> {
+        self.inner.relays.subscribe()
+    }
+
     /// Serves on `listener` until `shutdown` completes, sweeping members on the way.
     pub async fn serve(
         self,
@@ -140,13 +156,18 @@ impl Control {
                 }
             })
         };
+        let ice = &self.inner.config.ice;
+        if ice.trusted_relays.is_empty() {
+            tracing::info!(
+                "no relay keys trusted: relay registrations will be refused (--trust-relay)"
+            );
+        } else {
+            tracing::info!(trusted = ice.trusted_relays.len(), "relay keys trusted");
+        }
         let app = self.router();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("control plane server");
+        server::serve(listener, app, self.inner.config.limits, shutdown).await;
         sweeper.abort();
         self.inner.hub.close_all();
-        result
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The domain rules: parties, membership, addresses, liveness and signalling.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use lanrage_proto::api::{
@@ -16,6 +17,7 @@ use crate::ControlConfig;
 use crate::auth::{self, Challenges};
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::limits::{Limiter, client_key};
 use crate::net::PartyNetwork;
 use crate::store::{self, PartyRow, Store};
 
@@ -50,11 +52,54 @@ pub struct Service {
     pub relays: crate::relays::Relays,
     /// Request counts and latencies for `/metrics`.
     pub requests: crate::metrics::RequestStats,
+    quotas: Quotas,
+}
+
+/// Per-client quotas (`Limits`): who may ask how often.
+struct Quotas {
+    sign_in_ip: Limiter<IpAddr>,
+    sign_in_device: Limiter<DeviceKey>,
+    create_device: Limiter<DeviceKey>,
+    create_ip: Limiter<IpAddr>,
+    invite_party_ip: Limiter<(PartyId, IpAddr)>,
+    invite_ip: Limiter<IpAddr>,
+}
+
+fn busy(wait: std::time::Duration, what: &str) -> ApiError {
+    ApiError::too_many(
+        "rate_limited",
+        format!(
+            "too many {what} from here; try again in {} s",
+            wait.as_secs().max(1)
+        ),
+        wait,
+    )
+}
+
+/// The one answer to a join with a wrong secret or for a party that does not exist, so
+/// the answer does not tell whether a party id exists.
+fn invite_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "party_not_found",
+        "no party accepts this invite: it has ended or the invite is wrong; ask the host for a \
+         fresh invite",
+    )
 }
 
 impl Service {
     pub fn new(store: Store, config: ControlConfig) -> Self {
+        let l = config.limits;
+        let quotas = Quotas {
+            sign_in_ip: Limiter::new(l.sign_ins_per_ip),
+            sign_in_device: Limiter::new(l.sign_ins_per_device),
+            create_device: Limiter::new(l.parties_per_device),
+            create_ip: Limiter::new(l.parties_per_ip),
+            invite_party_ip: Limiter::new(l.invite_tries_per_party_ip),
+            invite_ip: Limiter::new(l.invite_tries_per_ip),
+        };
         Self {
+            quotas,
             store,
             config,
             hub: Hub::default(),
@@ -68,13 +113,29 @@ impl Service {
 
     // ---------------------------------------------------------------- auth
 
-    pub fn challenge(&self, device: DeviceKey) -> ChallengeResponse {
-        self.challenges.issue(device)
+    /// A challenge for `device`; `ip` asked (each address has a quota of sign-in requests).
+    pub fn challenge(&self, device: DeviceKey, ip: IpAddr) -> Result<ChallengeResponse, ApiError> {
+        self.quotas
+            .sign_in_ip
+            .take(&client_key(ip), Instant::now())
+            .map_err(|w| busy(w, "sign-in requests"))?;
+        Ok(self.challenges.issue(device))
     }
 
-    pub async fn token(&self, req: TokenRequest) -> Result<TokenResponse, ApiError> {
+    pub async fn token(&self, req: TokenRequest, ip: IpAddr) -> Result<TokenResponse, ApiError> {
+        let now = Instant::now();
+        self.quotas
+            .sign_in_ip
+            .take(&client_key(ip), now)
+            .map_err(|w| busy(w, "sign-in requests"))?;
+        // Counted once the proof holds: only the key's holder can spend its device quota.
+        self.quotas
+            .sign_in_device
+            .check(&req.public_key, now)
+            .map_err(|w| busy(w, "sign-ins of this device"))?;
         self.challenges
             .verify(&req.challenge_id, &req.public_key, &req.proof)?;
+        self.quotas.sign_in_device.spend(&req.public_key, now);
         let _w = self.writes.lock().await;
         let mut c = self.store.pool.acquire().await?;
         store::upsert_device(&mut c, &req.public_key, now_ms()).await?;
@@ -117,6 +178,7 @@ impl Service {
         device: DeviceKey,
         req: CreatePartyRequest,
         base_url: &str,
+        ip: IpAddr,
     ) -> Result<PartyResponse, ApiError> {
         if let Some(allowed) = &self.config.creators
             && !allowed.contains(&device)
@@ -136,6 +198,16 @@ impl Service {
                 "max_members must be between 2 and {MAX_PARTY_SIZE}"
             )));
         }
+        // Counted once the request is valid: a typo costs nothing.
+        let clock = Instant::now();
+        let ip = client_key(ip);
+        self.quotas
+            .create_device
+            .check(&device, clock)
+            .and_then(|()| self.quotas.create_ip.check(&ip, clock))
+            .map_err(|w| busy(w, "new parties"))?;
+        self.quotas.create_device.spend(&device, clock);
+        self.quotas.create_ip.spend(&ip, clock);
         let mut id = [0u8; 8];
         let mut secret = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
@@ -177,6 +249,7 @@ impl Service {
         id: PartyId,
         req: JoinPartyRequest,
         base_url: &str,
+        ip: IpAddr,
     ) -> Result<PartyResponse, ApiError> {
         let player = clean_name(&req.player_name, 32, "player name")?;
         let secret = req.secret.ok_or_else(|| {
@@ -186,19 +259,31 @@ impl Service {
                 "joining needs the party's invite secret; use the whole invite code",
             )
         })?;
+        // Refused tries are counted per party and address and per address; once either
+        // is used up, every join from there waits, right secret or not, so guessing
+        // learns nothing faster than the quota.
+        let ip = client_key(ip);
+        let clock = Instant::now();
+        self.quotas
+            .invite_party_ip
+            .check(&(id, ip), clock)
+            .and_then(|()| self.quotas.invite_ip.check(&ip, clock))
+            .map_err(|w| busy(w, "refused invites"))?;
+        let refused = || {
+            self.quotas.invite_party_ip.spend(&(id, ip), clock);
+            self.quotas.invite_ip.spend(&ip, clock);
+            tracing::debug!(party = %id, "join refused: unknown party or wrong secret");
+            invite_refused()
+        };
         let _w = self.writes.lock().await;
         let now = now_ms();
         let mut tx = self.store.write().await?;
-        let party = store::get_party(&mut tx, &id)
-            .await?
-            .ok_or_else(ApiError::party_not_found)?;
+        let Some(party) = store::get_party(&mut tx, &id).await? else {
+            return Err(refused());
+        };
         let stored: PartySecret = party.secret.parse().map_err(ApiError::internal)?;
         if !stored.ct_eq(&secret) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "wrong_secret",
-                "the invite's secret is wrong for this party; ask the host for a fresh invite",
-            ));
+            return Err(refused());
         }
         if store::is_banned(&mut tx, &id, &device).await? {
             return Err(ApiError::new(
@@ -474,6 +559,30 @@ impl Service {
         Ok(())
     }
 
+    // ---------------------------------------------------------------- relays
+
+    /// STUN and TURN servers for `device`, with credentials for the party it joined last
+    /// (a device in several parties relays for the newest); only members get any.
+    pub async fn ice(
+        &self,
+        device: &DeviceKey,
+        unix: u64,
+    ) -> Result<lanrage_proto::api::IceServers, ApiError> {
+        let mut c = self.store.pool.acquire().await?;
+        let party = store::latest_party_of(&mut c, device)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "not_a_member",
+                    "relay servers are only for members of a party; create or join one first",
+                )
+            })?;
+        Ok(self
+            .relays
+            .ice_for(&self.config.ice, device, &party, Instant::now(), unix))
+    }
+
     // ---------------------------------------------------------------- live
 
     /// A WebSocket opened: send the device the current view of each of its parties.
@@ -567,6 +676,10 @@ impl Service {
         device: &DeviceKey,
         reason: &str,
     ) {
+        // Its relay credentials were for this membership; relays drop its allocations.
+        let unix = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        self.relays
+            .revoke(device, id, unix, self.config.ice.credential_ttl);
         self.hub.send(
             device,
             &ServerMessage::Removed {

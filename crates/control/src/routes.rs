@@ -16,7 +16,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use lanrage_proto::PartyId;
 use lanrage_proto::api::{
     CandidatesRequest, ChallengeRequest, ClientMessage, CreatePartyRequest, JoinPartyRequest,
-    KickRequest, LockRequest, RelayRegistration, ServerMessage, TokenRequest,
+    KickRequest, LockRequest, RelayHeartbeatReply, RelayRegistration, ServerMessage, TokenRequest,
 };
 use serde_json::json;
 use tracing::Instrument as _;
@@ -55,6 +55,11 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/relays", post(register_relay))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A request that drips its body in keeps a connection and a task; bound it.
+        .layer(axum::middleware::from_fn_with_state(
+            svc.config.limits.request_timeout,
+            request_timeout,
+        ))
         // A layer of the router, not around it: it runs after routing, so it sees the
         // matched route template; it also wraps the fallbacks.
         .layer(axum::middleware::from_fn_with_state(
@@ -142,6 +147,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Party {
     }
 }
 
+/// Answers 408 when a request (reading its body included) outlasts `limit`.
+async fn request_timeout(
+    State(limit): State<Duration>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long to arrive",
+        )
+        .into_response(),
+    }
+}
+
+/// The client's IP address (from the accept loop); unspecified when served some other way,
+/// which then shares one set of quotas.
+pub struct PeerIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+        Ok(PeerIp(ip))
+    }
+}
+
 /// `http://<Host>`: where this client reached us, for invite codes.
 pub struct BaseUrl(pub String);
 
@@ -165,13 +202,18 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn challenge(
     State(svc): Svc,
+    PeerIp(ip): PeerIp,
     ApiJson(req): ApiJson<ChallengeRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(svc.challenge(req.public_key)).into_response())
+    Ok(Json(svc.challenge(req.public_key, ip)?).into_response())
 }
 
-async fn token(State(svc): Svc, ApiJson(req): ApiJson<TokenRequest>) -> Result<Response, ApiError> {
-    Ok(Json(svc.token(req).await?).into_response())
+async fn token(
+    State(svc): Svc,
+    PeerIp(ip): PeerIp,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(svc.token(req, ip).await?).into_response())
 }
 
 async fn renew(
@@ -186,9 +228,14 @@ async fn create(
     State(svc): Svc,
     Device(d): Device,
     BaseUrl(base): BaseUrl,
+    PeerIp(ip): PeerIp,
     ApiJson(req): ApiJson<CreatePartyRequest>,
 ) -> Result<Response, ApiError> {
-    Ok((StatusCode::CREATED, Json(svc.create(d, req, &base).await?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(svc.create(d, req, &base, ip).await?),
+    )
+        .into_response())
 }
 
 fn unix_now() -> u64 {
@@ -197,34 +244,58 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `GET /v1/ice`: STUN and TURN servers with credentials for this device.
-async fn ice(State(svc): Svc, Device(d): Device) -> Json<lanrage_proto::api::IceServers> {
-    Json(
-        svc.relays
-            .ice_for(&svc.config.ice, &d, std::time::Instant::now(), unix_now()),
-    )
+/// `GET /v1/ice`: STUN and TURN servers with credentials for this device's membership;
+/// 403 `not_a_member` for a device in no party.
+async fn ice(State(svc): Svc, Device(d): Device) -> Result<Response, ApiError> {
+    Ok(Json(svc.ice(&d, unix_now()).await?).into_response())
 }
 
-/// `POST /v1/relays`: a relay's registration or heartbeat.
+/// `POST /v1/relays`: a relay's registration or heartbeat, signed over its exact bytes;
+/// answered with the revoked TURN user ids.
 async fn register_relay(
     State(svc): Svc,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
-    ApiJson(reg): ApiJson<RelayRegistration>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    use crate::relays::RegisterError;
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !crate::relays::Relays::authorized(&svc.config.ice, auth, unix_now()) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "relay_unauthorized",
-            "relay registration needs a valid signature with the TURN secret",
-        ));
-    }
+    let unix = unix_now();
+    let key = svc
+        .relays
+        .authorize(
+            &svc.config.ice,
+            auth,
+            (method.as_str(), uri.path(), &body),
+            unix,
+        )
+        .map_err(|e| {
+            tracing::debug!(error = %e, "relay registration refused");
+            match e {
+                RegisterError::Busy => ApiError::too_many(
+                    "relay_busy",
+                    e.to_string(),
+                    std::time::Duration::from_secs(5),
+                ),
+                _ => ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "relay_unauthorized",
+                    e.to_string(),
+                ),
+            }
+        })?;
+    let reg: RelayRegistration = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
     svc.relays
-        .register(reg, std::time::Instant::now())
-        .map_err(ApiError::bad_request)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+        .register(reg, key, std::time::Instant::now())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(RelayHeartbeatReply {
+        revoked: svc.relays.revoked(unix),
+    })
+    .into_response())
 }
 
 async fn view(State(svc): Svc, Device(d): Device, Party(id): Party) -> Result<Response, ApiError> {
@@ -236,9 +307,10 @@ async fn join(
     Device(d): Device,
     Party(id): Party,
     BaseUrl(base): BaseUrl,
+    PeerIp(ip): PeerIp,
     ApiJson(req): ApiJson<JoinPartyRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(svc.join(d, id, req, &base).await?).into_response())
+    Ok(Json(svc.join(d, id, req, &base, ip).await?).into_response())
 }
 
 async fn leave(State(svc): Svc, Device(d): Device, Party(id): Party) -> Result<Response, ApiError> {
@@ -307,7 +379,9 @@ async fn ws(
 }
 
 async fn run_socket(svc: Arc<Service>, device: lanrage_proto::DeviceKey, socket: WebSocket) {
-    let (id, mut rx) = svc.hub.register(device);
+    let (id, mut rx) = svc
+        .hub
+        .register(device, svc.config.limits.websockets_per_device);
     let (mut sink, mut stream) = socket.split();
     if let Err(e) = svc.connected(&device).await {
         tracing::debug!(error = %e, "initial party push failed");

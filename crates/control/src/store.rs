@@ -96,16 +96,27 @@ impl Store {
             anyhow::bail!("unsupported database URL {url:?}; expected sqlite://PATH");
         }
         let memory = url.contains(":memory:");
+        // The database's directory and files (with -wal and -shm), made private again
+        // once SQLite has created them.
+        let mut private = None;
         let mut options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         if !memory {
             options = options.journal_mode(SqliteJournalMode::Wal);
-            let path = options.get_filename();
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
+            let path = options.get_filename().to_path_buf();
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .to_path_buf();
+            crate::private_dir::secure(&dir, Some(&file))?;
+            private = Some((dir, file));
         }
         // An in-memory database lives in its one connection, which must never be recycled.
         let pool = if memory {
@@ -120,6 +131,9 @@ impl Store {
         .connect_with(options)
         .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        if let Some((dir, file)) = private {
+            crate::private_dir::secure(&dir, Some(&file))?;
+        }
         Ok(Self { pool })
     }
 }
@@ -503,4 +517,19 @@ pub async fn silent_members(
             ))
         })
         .collect()
+}
+
+/// The party `key` joined most recently, if it is in any.
+pub async fn latest_party_of(
+    c: &mut SqliteConnection,
+    key: &DeviceKey,
+) -> sqlx::Result<Option<PartyId>> {
+    let row = sqlx::query(
+        "SELECT party_id FROM members WHERE public_key = $1 \
+         ORDER BY joined_at DESC, party_id LIMIT 1",
+    )
+    .bind(key.to_string())
+    .fetch_optional(c)
+    .await?;
+    row.map(|r| party_id(r.try_get::<&str, _>(0)?)).transpose()
 }

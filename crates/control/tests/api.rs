@@ -128,6 +128,18 @@ struct Device {
 }
 
 impl Api {
+    /// A client of the same server whose connections come from `ip` (any 127/8 address
+    /// is this host's), for per-address limits.
+    fn client_at(&self, ip: Ipv4Addr) -> Api {
+        Api {
+            http: reqwest::Client::builder()
+                .local_address(std::net::IpAddr::V4(ip))
+                .build()
+                .expect("a client"),
+            addr: self.addr,
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -704,39 +716,43 @@ async fn sign_in_rejects_bad_bodies_bad_proofs_and_reused_challenges() {
 }
 
 #[tokio::test]
-async fn a_flood_of_challenges_locks_nobody_out() {
+async fn a_flood_of_challenges_is_limited_per_address_and_locks_nobody_else_out() {
     let s = Server::start().await;
     let secret = new_secret();
     let key = key_of(&secret);
     let first = s.challenge(&key).await;
-    // Challenges cost the server no state, so 10 000 unanswered ones change nothing.
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let api = s.api.clone();
-        tasks.push(tokio::spawn(async move {
-            let key = key_of(&new_secret());
-            let mut issued = 0u32;
-            for _ in 0..1_250 {
-                let (status, body) = api
-                    .send(
-                        Method::POST,
-                        "/v1/auth/challenge",
-                        None,
-                        Some(json!({ "public_key": key })),
-                    )
-                    .await;
-                assert_eq!(status, StatusCode::OK, "{body}");
-                issued += 1;
+    // One address asks for challenges as fast as it can: after its burst it gets 429 with
+    // a Retry-After, and the challenges it got cost the server no state.
+    let flooder = s.client_at(Ipv4Addr::new(127, 0, 0, 2));
+    let flood_key = key_of(&new_secret());
+    let (mut issued, mut limited) = (0u32, 0u32);
+    for _ in 0..200 {
+        let resp = flooder
+            .request(Method::POST, "/v1/auth/challenge")
+            .json(&json!({ "public_key": flood_key }))
+            .send()
+            .await
+            .expect("an HTTP exchange over loopback");
+        match resp.status() {
+            StatusCode::OK => issued += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .expect("ASCII")
+                    .parse()
+                    .expect("whole seconds");
+                assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+                let body: Value = resp.json().await.expect("a JSON error");
+                assert_eq!(body["code"], "rate_limited", "{body}");
+                limited += 1;
             }
-            issued
-        }));
+            other => panic!("unexpected {other}"),
+        }
     }
-    let mut issued = 0;
-    for task in tasks {
-        issued += task.await.expect("the task does not panic");
-    }
-    assert_eq!(issued, 10_000);
-    // The challenge from before the flood still works, and so does a new one.
+    assert!((60..70).contains(&issued), "issued {issued}");
+    assert_eq!(issued + limited, 200);
+    // Everyone else is unaffected: the challenge from before the flood still works, and a
+    // device elsewhere signs in.
     let (status, body) = s
         .send(
             Method::POST,
@@ -1176,24 +1192,21 @@ async fn join_errors_missing_and_wrong_secret_unknown_party_locked_full_banned()
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
+    // A wrong secret and an unknown party get the very same answer: it must not tell
+    // whether a party id exists.
     let wrong = PartySecret::from_bytes([0x5a; 16]);
-    assert_error(
-        join(&guest, json!({"secret": wrong, "player_name": "g"})).await,
-        StatusCode::FORBIDDEN,
-        "wrong_secret",
-    );
+    let wrong_secret = join(&guest, json!({"secret": wrong, "player_name": "g"})).await;
     // Another party's id with this party's secret.
-    assert_error(
-        s.send(
+    let unknown_party = s
+        .send(
             Method::POST,
             &format!("/v1/parties/{}/join", random_party_id()),
             Some(&guest.token),
             Some(json!({"secret": invite.secret, "player_name": "g"})),
         )
-        .await,
-        StatusCode::NOT_FOUND,
-        "party_not_found",
-    );
+        .await;
+    assert_eq!(wrong_secret, unknown_party);
+    assert_error(wrong_secret, StatusCode::NOT_FOUND, "party_not_found");
 
     // Locked: newcomers are refused with 409, members may still re-join.
     let locked: PartyView = s
@@ -2390,5 +2403,373 @@ async fn request_ids_are_echoed_when_sane_and_made_otherwise() {
         let id = id_of(&send("/v1/health", Some(bad.to_owned())).await);
         assert!(is_v7(&id), "{bad:?} is replaced by a UUID v7, got {id}");
     }
+    s.shutdown().await;
+}
+
+// ------------------------------------------------------------------------- hardening
+
+impl Api {
+    /// Signs in the device of `secret` again: the token route's raw answer.
+    async fn sign_in_as(&self, secret: &StaticSecret) -> (StatusCode, Value) {
+        let key = key_of(secret);
+        let challenge = self.challenge(&key).await;
+        self.send(
+            Method::POST,
+            "/v1/auth/token",
+            None,
+            Some(json!({
+                "challenge_id": challenge.challenge_id,
+                "public_key": key,
+                "proof": prove(secret, &challenge),
+            })),
+        )
+        .await
+    }
+
+    /// A device signed in from this client's address.
+    async fn sign_in_here(&self) -> Device {
+        let secret = new_secret();
+        let (status, body) = self.sign_in_as(&secret).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        Device {
+            key: key_of(&secret),
+            token: body["token"].as_str().expect("a token").to_owned(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_invites_are_limited_per_party_and_address() {
+    let s = Server::start().await;
+    let host = s.sign_in().await;
+    let (party, invite) = s.create(&host, "guarded", None).await;
+    let guesser = s.client_at(Ipv4Addr::new(127, 0, 0, 3));
+    let guest = guesser.sign_in_here().await;
+    let path = format!("/v1/parties/{}/join", party.id);
+    let try_secret = |secret: PartySecret| {
+        let (guesser, path, token) = (guesser.clone(), path.clone(), guest.token.clone());
+        async move {
+            guesser
+                .send(
+                    Method::POST,
+                    &path,
+                    Some(&token),
+                    Some(json!({"secret": secret, "player_name": "g"})),
+                )
+                .await
+        }
+    };
+    for i in 0..10u8 {
+        assert_error(
+            try_secret(PartySecret::from_bytes([i; 16])).await,
+            StatusCode::NOT_FOUND,
+            "party_not_found",
+        );
+    }
+    // The eleventh try within the minute waits, and so does the right secret from there:
+    // the limit cannot be told apart from a refusal by guessing on.
+    assert_error(
+        try_secret(PartySecret::from_bytes([0xee; 16])).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    assert_error(
+        try_secret(invite.secret).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    // Another party id from the same address still gets an answer (the per-address limit
+    // is higher), and a friend elsewhere joins with the right secret.
+    assert_error(
+        guesser
+            .send(
+                Method::POST,
+                &format!("/v1/parties/{}/join", random_party_id()),
+                Some(&guest.token),
+                Some(json!({"secret": invite.secret, "player_name": "g"})),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "party_not_found",
+    );
+    let friend = s.client_at(Ipv4Addr::new(127, 0, 0, 4));
+    let device = friend.sign_in_here().await;
+    let view = friend.join(&device, &invite, "friend").await;
+    assert!(has_member(&view, &device.key));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_ins_and_party_creation_have_quotas() {
+    let s = Server::start().await;
+    // Ten sign-ins of one device in a row, then it waits.
+    let secret = new_secret();
+    for _ in 0..10 {
+        let (status, body) = s.sign_in_as(&secret).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = s.sign_in_as(&secret).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "rate_limited");
+    // Another device is not affected.
+    let host = s.sign_in().await;
+    for i in 0..5 {
+        s.create(&host, &format!("party {i}"), None).await;
+    }
+    assert_error(
+        s.send(
+            Method::POST,
+            "/v1/parties",
+            Some(&host.token),
+            Some(json!({"name": "one too many", "player_name": "p"})),
+        )
+        .await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    s.shutdown().await;
+}
+
+/// A signed `POST /v1/relays` with `body`, as a relay sends it.
+fn relay_request(
+    api: &Api,
+    signer: &lanrage_core::turn::RelaySigner,
+    body: &[u8],
+    nonce: u8,
+) -> reqwest::RequestBuilder {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let auth = signer.authorization("POST", "/v1/relays", body, unix, [nonce; 16]);
+    api.request(Method::POST, "/v1/relays")
+        .header(AUTHORIZATION, auth)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body.to_vec())
+}
+
+fn relay_body(id: &str, addr: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id, "region": "lab", "addrs": [addr], "turn": true,
+        "allocations": 0, "capacity": 64,
+    }))
+    .expect("JSON")
+}
+
+#[tokio::test]
+async fn relay_registrations_are_signed_by_trusted_keys_and_never_replayed() {
+    let signer = lanrage_core::turn::RelaySigner::from_seed(&[21; 32]);
+    let trusted = signer.public_key();
+    let s = Server::start_with(|c| {
+        c.ice.turn_secret = Some("lab-secret".into());
+        c.ice.trusted_relays = vec![trusted];
+    })
+    .await;
+    let host = s.sign_in().await;
+    s.create(&host, "relayed", None).await;
+    let body = relay_body("r1", "203.0.113.5:3478");
+    let captured = relay_request(&s, &signer, &body, 1)
+        .build()
+        .expect("a request");
+    let header = captured.headers()[AUTHORIZATION].clone();
+    let (status, first) = reply(relay_request(&s, &signer, &body, 1)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first, json!({"revoked": []}));
+    // The same bytes again, and the captured header on another body: refused.
+    let (status, reply_again) = reply_of(&s, header.clone(), body.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply_again}");
+    assert_eq!(reply_again["code"], "relay_unauthorized");
+    let evil = relay_body("r1", "198.51.100.66:3478");
+    let (status, _) = reply_of(&s, header, evil).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A key nobody listed, however well it signs.
+    let stranger = lanrage_core::turn::RelaySigner::from_seed(&[22; 32]);
+    let (status, body_json) = reply(relay_request(
+        &s,
+        &stranger,
+        &relay_body("r2", "198.51.100.66:3478"),
+        2,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body_json}");
+    // Only the real relay is handed out.
+    let ice: Value = s.ok(Method::GET, "/v1/ice", Some(&host.token), None).await;
+    let addrs: Vec<&str> = ice["turn"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["addr"].as_str())
+        .collect();
+    assert_eq!(addrs, ["203.0.113.5:3478"]);
+    s.shutdown().await;
+
+    // Without any trusted key, even a well-signed registration is refused.
+    let s = Server::start().await;
+    let (status, _) = reply(relay_request(&s, &signer, &body, 3)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    s.shutdown().await;
+}
+
+/// Sends `body` to `/v1/relays` with a given (captured) authorization header.
+async fn reply_of(
+    api: &Api,
+    auth: reqwest::header::HeaderValue,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    reply(
+        api.request(Method::POST, "/v1/relays")
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn relay_credentials_are_for_members_and_revoked_when_they_go() {
+    let signer = lanrage_core::turn::RelaySigner::from_seed(&[23; 32]);
+    let trusted = signer.public_key();
+    let s = Server::start_with(|c| {
+        c.ice.turn_secret = Some("lab-secret".into());
+        c.ice.turn = vec!["203.0.113.9:3478".parse().expect("addr")];
+        c.ice.trusted_relays = vec![trusted];
+    })
+    .await;
+    let mut revocations = s.control.revocations();
+    let stranger = s.sign_in().await;
+    assert_error(
+        s.send(Method::GET, "/v1/ice", Some(&stranger.token), None)
+            .await,
+        StatusCode::FORBIDDEN,
+        "not_a_member",
+    );
+    let host = s.sign_in().await;
+    let guest = s.sign_in().await;
+    let (party, invite) = s.create(&host, "relayed", None).await;
+    s.join(&guest, &invite, "guest").await;
+    let ice: Value = s.ok(Method::GET, "/v1/ice", Some(&guest.token), None).await;
+    let username = ice["turn"][0]["username"].as_str().expect("credentials");
+    let (_, user) = username.split_once(':').expect("EXPIRY:USER");
+    let key = guest.key.to_string();
+    assert_eq!(user, format!("{}.{}", &key[..16], party.id));
+    assert_eq!(ice["ttl_secs"], 3600);
+    // Kicked: the credentials go, relays hear it in their heartbeat and in-process relays
+    // at once, and the device gets no new ones.
+    let (status, body) = s
+        .send(
+            Method::POST,
+            &format!("/v1/parties/{}/kick", party.id),
+            Some(&host.token),
+            Some(json!({"member": "guest"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let pushed = revocations.try_recv().expect("a revocation");
+    assert_eq!(pushed.user, user);
+    assert_error(
+        s.send(Method::GET, "/v1/ice", Some(&guest.token), None)
+            .await,
+        StatusCode::FORBIDDEN,
+        "not_a_member",
+    );
+    let (status, beat) = reply(relay_request(
+        &s,
+        &signer,
+        &relay_body("r1", "203.0.113.5:3478"),
+        9,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{beat}");
+    let revoked = beat["revoked"].as_array().expect("a list");
+    assert_eq!(revoked.len(), 1, "{beat}");
+    assert_eq!(revoked[0]["user"], user);
+    // Leaving revokes too.
+    s.leave(&host, party.id).await;
+    assert!(revocations.try_recv().is_ok());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_device_holds_at_most_four_websockets_and_the_oldest_goes() {
+    let s = Server::start().await;
+    let device = s.sign_in().await;
+    let mut first = s.ws(&device).await;
+    settle(&mut first, 0).await;
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        let mut ws = s.ws(&device).await;
+        settle(&mut ws, 0).await;
+        rest.push(ws);
+    }
+    let mut fifth = s.ws(&device).await;
+    settle(&mut fifth, 0).await;
+    let error = next_error(&mut first).await;
+    assert!(error.starts_with("too_many_connections"), "{error}");
+    let end = tokio::time::timeout(PATIENCE, first.next())
+        .await
+        .expect("the oldest closes in time");
+    assert!(
+        matches!(end, None | Some(Ok(Message::Close(_))) | Some(Err(_))),
+        "{end:?}"
+    );
+    // The others still work.
+    for ws in rest.iter_mut().chain(std::iter::once(&mut fifth)) {
+        settle(ws, 0).await;
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_and_excess_connections_are_closed_and_others_are_served() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = Server::start_with(|c| {
+        c.limits.header_read_timeout = Duration::from_millis(500);
+        c.limits.connections_per_ip = 3;
+    })
+    .await;
+    let addr = s.addr;
+    let from = |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::new(Ipv4Addr::new(127, 0, 0, last).into(), 0))
+            .expect("bind to a loopback address");
+        socket.connect(addr).await.expect("connect")
+    };
+    let closed = |mut c: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(PATIENCE, c.read(&mut buf))
+            .await
+            .expect("the server closes it in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    };
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(from(6).await);
+    }
+    // The fourth from that address is closed at once, unanswered.
+    let mut excess = from(6).await;
+    let _ = excess
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    closed(excess).await;
+    // Another address is served meanwhile.
+    let (status, body) = s.send(Method::GET, "/v1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The idle ones are closed by the header-read timeout, which frees the address.
+    for c in idle {
+        closed(c).await;
+    }
+    let mut again = from(6).await;
+    again
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, again.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     s.shutdown().await;
 }

@@ -3,6 +3,13 @@
 //!
 //! Encoding and decoding are `stun_codec`'s; this module adds the Binding exchange as a
 //! sans-IO state machine, [`NatProbe`], and turns its answers into a [`NatReport`].
+//!
+//! The server side ([`parse_request`] and the answers built from it) follows RFC 8489
+//! §6.3.1: a FINGERPRINT that does not match discards the message (§14.7), an unknown
+//! comprehension-required attribute is answered 420 with UNKNOWN-ATTRIBUTES (§14.8), and a
+//! classic RFC 3489 request (no magic cookie) gets a classic answer (RFC 5389 §12.2). Those
+//! three small codecs are written by hand: stun_codec decodes only cookie-bearing messages
+//! and leaves the comprehension check to its caller.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytecodec::{DecodeExt as _, EncodeExt as _};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use stun_codec::rfc5389::attributes::XorMappedAddress;
+use stun_codec::rfc5389::attributes::{Fingerprint, XorMappedAddress};
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5780::attributes::{ChangeRequest, OtherAddress};
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
@@ -28,7 +35,9 @@ stun_codec::define_attribute_enums!(
     Attr,
     AttrDecoder,
     AttrEncoder,
-    [XorMappedAddress, ChangeRequest, OtherAddress]
+    // FINGERPRINT is decoded so that stun_codec checks its CRC: a message whose
+    // fingerprint does not match is not STUN and is discarded (RFC 8489 §7.3, §14.7).
+    [XorMappedAddress, ChangeRequest, OtherAddress, Fingerprint]
 );
 
 /// RFC 5780 §7.2 CHANGE-REQUEST: answer from the other IP and/or the other port.
@@ -169,6 +178,209 @@ pub fn parse(datagram: &[u8]) -> Option<Stun> {
         }
         _ => None,
     }
+}
+
+/// A request a STUN server answers, as [`parse_request`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerRequest {
+    /// An RFC 8489 Binding request.
+    Binding {
+        txid: [u8; 12],
+        change: Change,
+        /// RFC 5780 §7.5 RESPONSE-PORT.
+        response_port: Option<u16>,
+    },
+    /// A classic RFC 3489 Binding request: no magic cookie, a 16-byte transaction id. It
+    /// is answered with MAPPED-ADDRESS (RFC 5389 §12.2), see [`classic_binding_success`].
+    Classic { txid: [u8; 16], change: Change },
+    /// A Binding request with comprehension-required attributes this server does not
+    /// know: answered 420 listing them (RFC 8489 §6.3.1.1), see [`unknown_attributes`].
+    Unknown {
+        txid: [u8; 12],
+        attributes: Vec<u16>,
+    },
+}
+
+/// RFC 8489 §5: the magic cookie that RFC 3489 messages do not carry.
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+/// RFC 3489 §11.1 / RFC 8489 §18.2 attribute types written by hand below.
+const MAPPED_ADDRESS: u16 = 0x0001;
+const CHANGE_REQUEST: u16 = 0x0003;
+const CHANGED_ADDRESS: u16 = 0x0005;
+const ERROR_CODE: u16 = 0x0009;
+const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+/// How many unknown attributes a 420 lists at most: keeps the answer small (no
+/// amplification) whatever the request holds.
+const MAX_UNKNOWN_LISTED: usize = 4;
+
+/// Comprehension-required attributes (type < 0x8000) a Binding request may carry here:
+/// RFC 8489's own (§14, §18.3), RFC 5780's CHANGE-REQUEST, PADDING and RESPONSE-PORT.
+/// The deprecated RFC 3489 ones (RESPONSE-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS,
+/// PASSWORD, REFLECTED-FROM) are unknown to an RFC 8489 server (RFC 5389 §18.2).
+const KNOWN_REQUIRED: [u16; 14] = [
+    0x0001, // MAPPED-ADDRESS
+    0x0003, // CHANGE-REQUEST
+    0x0006, // USERNAME
+    0x0008, // MESSAGE-INTEGRITY
+    0x0009, // ERROR-CODE
+    0x000A, // UNKNOWN-ATTRIBUTES
+    0x0014, // REALM
+    0x0015, // NONCE
+    0x001C, // MESSAGE-INTEGRITY-SHA256
+    0x001D, // PASSWORD-ALGORITHM
+    0x001E, // USERHASH
+    0x0020, // XOR-MAPPED-ADDRESS
+    0x0026, // PADDING
+    0x0027, // RESPONSE-PORT
+];
+
+/// Reads a Binding request as a server must (RFC 8489 §6.3.1): `None` for anything else,
+/// for a malformed message and for one whose FINGERPRINT does not match (silently
+/// discarded, §7.3).
+pub fn parse_request(datagram: &[u8]) -> Option<ServerRequest> {
+    if let Some(classic) = parse_classic(datagram) {
+        return Some(classic);
+    }
+    let Stun::BindingRequest {
+        txid,
+        change,
+        response_port,
+    } = parse(datagram)?
+    else {
+        return None;
+    };
+    let unknown = unknown_required(datagram, &KNOWN_REQUIRED);
+    if !unknown.is_empty() {
+        return Some(ServerRequest::Unknown {
+            txid,
+            attributes: unknown,
+        });
+    }
+    Some(ServerRequest::Binding {
+        txid,
+        change,
+        response_port,
+    })
+}
+
+/// The comprehension-required attribute types (< 0x8000, RFC 8489 §14) in a message that
+/// are not in `known`, in order, without repeats.
+pub fn unknown_required(datagram: &[u8], known: &[u16]) -> Vec<u16> {
+    let mut unknown = Vec::new();
+    let mut rest = datagram.get(20..).unwrap_or_default();
+    while rest.len() >= 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        if kind < 0x8000 && !known.contains(&kind) && !unknown.contains(&kind) {
+            unknown.push(kind);
+        }
+        let Some(next) = rest.get(4 + len.next_multiple_of(4)..) else {
+            break;
+        };
+        rest = next;
+    }
+    unknown
+}
+
+/// A 420 (Unknown Attribute) Binding error response listing `attributes` (RFC 8489
+/// §14.8): at most 36 bytes, so never much more than the request that named them.
+pub fn unknown_attributes(txid: [u8; 12], attributes: &[u16]) -> Vec<u8> {
+    let listed = &attributes[..attributes.len().min(MAX_UNKNOWN_LISTED)];
+    let mut out = header(0x0111, &MAGIC_COOKIE, &txid);
+    // ERROR-CODE: two reserved bytes, class 4, number 20, no reason phrase (§14.8).
+    push_attr(&mut out, ERROR_CODE, &[0, 0, 4, 20]);
+    let list: Vec<u8> = listed.iter().flat_map(|t| t.to_be_bytes()).collect();
+    push_attr(&mut out, UNKNOWN_ATTRIBUTES, &list);
+    finish(out)
+}
+
+/// A classic RFC 3489 Binding success: the same 16-byte transaction id, MAPPED-ADDRESS
+/// (not XOR-ed: RFC 3489 clients know no other) and, with a second address,
+/// CHANGED-ADDRESS (RFC 3489 §11.2.3). 44 bytes for IPv4, like the RFC 8489 answer.
+pub fn classic_binding_success(
+    txid: [u8; 16],
+    mapped: SocketAddr,
+    changed: Option<SocketAddr>,
+) -> Vec<u8> {
+    let mut out = header(0x0101, &txid[..4], &txid[4..]);
+    push_attr(&mut out, MAPPED_ADDRESS, &plain_address(mapped));
+    if let Some(changed) = changed {
+        push_attr(&mut out, CHANGED_ADDRESS, &plain_address(changed));
+    }
+    finish(out)
+}
+
+/// A classic RFC 3489 Binding request with this transaction id (for tests and tools).
+pub fn classic_binding_request(txid: [u8; 16], change: Change) -> Vec<u8> {
+    let mut out = header(0x0001, &txid[..4], &txid[4..]);
+    if change != Change::default() {
+        let flags = u8::from(change.ip) << 2 | u8::from(change.port) << 1;
+        push_attr(&mut out, CHANGE_REQUEST, &[0, 0, 0, flags]);
+    }
+    finish(out)
+}
+
+/// A classic Binding request: type 0x0001, a length that matches the datagram, and no
+/// magic cookie where RFC 8489 puts it.
+fn parse_classic(datagram: &[u8]) -> Option<ServerRequest> {
+    let head = datagram.get(..20)?;
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    if head[..2] != [0x00, 0x01] || head[4..8] == MAGIC_COOKIE || 20 + len != datagram.len() {
+        return None;
+    }
+    let mut txid = [0u8; 16];
+    txid.copy_from_slice(&head[4..20]);
+    let change = raw_attribute(datagram, CHANGE_REQUEST)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(|v| Change {
+            ip: v[3] & 0x04 != 0,
+            port: v[3] & 0x02 != 0,
+        })
+        .unwrap_or_default();
+    Some(ServerRequest::Classic { txid, change })
+}
+
+/// A message header with length 0 (set by [`finish`]): type, then the cookie (or the
+/// first four bytes of a classic transaction id) and the rest of the transaction id.
+fn header(kind: u16, cookie: &[u8], txid: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(cookie);
+    out.extend_from_slice(txid);
+    out
+}
+
+fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    out.extend_from_slice(&kind.to_be_bytes());
+    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+fn finish(mut out: Vec<u8>) -> Vec<u8> {
+    let len = u16::try_from(out.len() - 20).unwrap_or(u16::MAX);
+    out[2..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// MAPPED-ADDRESS / CHANGED-ADDRESS value (RFC 3489 §11.2.1): family, port, address.
+fn plain_address(addr: SocketAddr) -> Vec<u8> {
+    let mut v = vec![0];
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => {
+            v.push(0x01);
+            v.extend_from_slice(&addr.port().to_be_bytes());
+            v.extend_from_slice(&ip.octets());
+        }
+        std::net::IpAddr::V6(ip) => {
+            v.push(0x02);
+            v.extend_from_slice(&addr.port().to_be_bytes());
+            v.extend_from_slice(&ip.octets());
+        }
+    }
+    v
 }
 
 /// RFC 4787 §4.1 mapping behaviour.
@@ -545,6 +757,149 @@ mod tests {
         );
         assert_eq!(parse(&resp[..resp.len() - 1]), None);
         assert_eq!(parse(b"not stun at all, just bytes"), None);
+    }
+
+    /// `bytes` with one more attribute appended and the header length fixed.
+    fn with_attr(bytes: &[u8], kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        push_attr(&mut out, kind, value);
+        finish(out)
+    }
+
+    #[test]
+    fn unknown_comprehension_required_attributes_get_420() {
+        let req = binding_request([3; 12]);
+        // Comprehension-optional (>= 0x8000) unknowns are ignored (RFC 8489 §14).
+        let optional = with_attr(&req, 0x8055, &[1, 2, 3, 4]);
+        assert!(matches!(
+            parse_request(&optional),
+            Some(ServerRequest::Binding { txid, .. }) if txid == [3; 12]
+        ));
+        // RESPONSE-PORT and CHANGE-REQUEST are understood.
+        assert!(matches!(
+            parse_request(&binding_request_response_port([3; 12], 4000)),
+            Some(ServerRequest::Binding {
+                response_port: Some(4000),
+                ..
+            })
+        ));
+        // An unknown required one, and RFC 3489's RESPONSE-ADDRESS (0x0002), are listed
+        // once each, in order.
+        let required = with_attr(&req, 0x7777, &[0; 4]);
+        let required = with_attr(&required, 0x0002, &[0, 1, 0, 9, 203, 0, 113, 9]);
+        let required = with_attr(&required, 0x7777, &[0; 4]);
+        assert_eq!(
+            parse_request(&required),
+            Some(ServerRequest::Unknown {
+                txid: [3; 12],
+                attributes: vec![0x7777, 0x0002],
+            })
+        );
+        let answer = unknown_attributes([3; 12], &[0x7777, 0x0002]);
+        assert!(answer.len() <= 36, "{} bytes", answer.len());
+        assert!(answer.len() <= required.len());
+        assert_eq!(crate::classify(&answer), crate::PacketClass::Stun);
+        let msg = crate::turn::decode(&answer).expect("a valid STUN message");
+        assert_eq!(msg.class(), MessageClass::ErrorResponse);
+        assert_eq!(msg.method(), BINDING);
+        assert_eq!(msg.transaction_id().as_bytes(), &[3; 12]);
+        let code = msg
+            .get_attribute::<stun_codec::rfc5389::attributes::ErrorCode>()
+            .expect("ERROR-CODE");
+        assert_eq!(code.code(), 420);
+        let listed = msg
+            .get_attribute::<stun_codec::rfc5389::attributes::UnknownAttributes>()
+            .expect("UNKNOWN-ATTRIBUTES");
+        let listed: Vec<u16> = listed.unknowns().iter().map(|t| t.as_u16()).collect();
+        assert_eq!(listed, vec![0x7777, 0x0002]);
+        // However many a request names, the answer lists at most four.
+        let many: Vec<u16> = (0x7000..0x7040).collect();
+        assert_eq!(unknown_attributes([0; 12], &many).len(), 20 + 8 + 4 + 8);
+    }
+
+    #[test]
+    fn a_bad_fingerprint_is_discarded() {
+        let mut msg =
+            Message::<Attr>::new(MessageClass::Request, BINDING, TransactionId::new([6; 12]));
+        let fp = Fingerprint::new(&msg).expect("a fingerprint");
+        msg.add_attribute(fp);
+        let good = encode(msg);
+        assert!(matches!(
+            parse_request(&good),
+            Some(ServerRequest::Binding { txid, .. }) if txid == [6; 12]
+        ));
+        assert!(parse(&good).is_some());
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        assert_eq!(parse_request(&bad), None);
+        assert_eq!(parse(&bad), None);
+        // A response with a bad fingerprint is no answer either.
+        let mut resp = Message::<Attr>::new(
+            MessageClass::SuccessResponse,
+            BINDING,
+            TransactionId::new([6; 12]),
+        );
+        resp.add_attribute(XorMappedAddress::new(addr("198.51.100.2:4000")));
+        let fp = Fingerprint::new(&resp).expect("a fingerprint");
+        resp.add_attribute(fp);
+        let mut resp = encode(resp);
+        assert!(parse(&resp).is_some());
+        let last = resp.len() - 1;
+        resp[last] ^= 0x80;
+        assert_eq!(parse(&resp), None);
+    }
+
+    #[test]
+    fn classic_rfc3489_requests_get_mapped_address_and_their_own_transaction_id() {
+        let txid: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+        let req = classic_binding_request(txid, Change::default());
+        assert_eq!(req.len(), 20);
+        assert_eq!(
+            parse_request(&req),
+            Some(ServerRequest::Classic {
+                txid,
+                change: Change::default()
+            })
+        );
+        let change = Change {
+            ip: true,
+            port: true,
+        };
+        assert_eq!(
+            parse_request(&classic_binding_request(txid, change)),
+            Some(ServerRequest::Classic { txid, change })
+        );
+        // Not classic: a length that does not match, another type, too short.
+        assert_eq!(parse_request(&[&req[..], &[0; 4]].concat()), None);
+        let mut other = req.clone();
+        other[1] = 0x02;
+        assert_eq!(parse_request(&other), None);
+        assert_eq!(parse_request(&req[..19]), None);
+
+        let mapped = addr("198.51.100.2:40000");
+        let resp = classic_binding_success(txid, mapped, Some(addr("203.0.113.11:3479")));
+        assert_eq!(resp.len(), 44);
+        assert_eq!(&resp[..4], &[0x01, 0x01, 0x00, 24]);
+        assert_eq!(&resp[4..20], &txid);
+        // MAPPED-ADDRESS: not XOR-ed.
+        assert_eq!(
+            &resp[20..32],
+            &[
+                0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x9c, 0x40, 198, 51, 100, 2
+            ]
+        );
+        assert_eq!(
+            &resp[32..44],
+            &[
+                0x00, 0x05, 0x00, 0x08, 0x00, 0x01, 0x0d, 0x97, 203, 0, 113, 11
+            ]
+        );
+        let v6 = classic_binding_success(txid, addr("[2001:db8::2]:40000"), None);
+        assert_eq!(v6.len(), 20 + 4 + 20);
+        assert_eq!(&v6[24..28], &[0x00, 0x02, 0x9c, 0x40]);
+        // A modern parser does not take a classic answer for an RFC 8489 one.
+        assert_eq!(parse(&resp), None);
     }
 
     /// A NAT: mapping as `kind`, filtering as `filter`, remembering where it sent.

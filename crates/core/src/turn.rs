@@ -8,6 +8,13 @@
 //! asking anyone, and a standard TURN server configured the same way is interchangeable.
 
 pub mod pick;
+// Relay registrations are signed with the relay's own key, not the TURN secret.
+mod relay_auth;
+
+pub use relay_auth::{
+    RelayAuth, RelayAuthError, RelayKey, RelaySigner, signed_message as relay_signed_message,
+    verify_authorization as verify_relay_authorization,
+};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,11 +27,13 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use sha1::Sha1;
 use stun_codec::rfc5389::attributes::{
-    ErrorCode, Fingerprint, MessageIntegrity, Nonce, Realm, Software, Username, XorMappedAddress,
+    ErrorCode, Fingerprint, MessageIntegrity, Nonce, Realm, Software, UnknownAttributes, Username,
+    XorMappedAddress,
 };
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
+    ChannelNumber, Data, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
+    XorRelayAddress,
 };
 use stun_codec::rfc5766::methods::{
     ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
@@ -49,7 +58,9 @@ stun_codec::define_attribute_enums!(
         Data,
         XorRelayAddress,
         RequestedTransport,
-        ChannelNumber
+        ChannelNumber,
+        UnknownAttributes,
+        ReservationToken
     ]
 );
 
@@ -97,6 +108,66 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// RFC 8656 §3.2: the default allocation lifetime.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 
+/// Comprehension-required attributes (type < 0x8000) a TURN request may carry to this
+/// relay: RFC 8489's (§18.3) and the RFC 8656 ones it implements (§18). Others, such as
+/// DONT-FRAGMENT, get 420 (RFC 8489 §6.3.1.1; RFC 8656 §7.2 tells clients to retry
+/// without it).
+pub const KNOWN_REQUIRED: [u16; 19] = [
+    0x0001, // MAPPED-ADDRESS
+    0x0006, // USERNAME
+    0x0008, // MESSAGE-INTEGRITY
+    0x0009, // ERROR-CODE
+    0x000A, // UNKNOWN-ATTRIBUTES
+    0x000C, // CHANNEL-NUMBER
+    0x000D, // LIFETIME
+    0x0012, // XOR-PEER-ADDRESS
+    0x0013, // DATA
+    0x0014, // REALM
+    0x0015, // NONCE
+    0x0016, // XOR-RELAYED-ADDRESS
+    REQUESTED_ADDRESS_FAMILY,
+    EVEN_PORT,
+    0x0019, // REQUESTED-TRANSPORT
+    0x001C, // MESSAGE-INTEGRITY-SHA256
+    0x001E, // USERHASH
+    0x0020, // XOR-MAPPED-ADDRESS
+    RESERVATION_TOKEN,
+];
+
+/// RFC 8656 §18.10 REQUESTED-ADDRESS-FAMILY (stun_codec has no decoder for it).
+pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+/// RFC 8656 §18.8 EVEN-PORT (stun_codec has no decoder for it).
+pub const EVEN_PORT: u16 = 0x0018;
+
+/// The address family an Allocate asks for with REQUESTED-ADDRESS-FAMILY: `Some(true)`
+/// for IPv4 (0x01), `Some(false)` for IPv6 (0x02), `None` without the attribute; another
+/// value is the error (answered 440).
+pub fn requested_family(datagram: &[u8]) -> Result<Option<bool>, u8> {
+    match crate::stun::raw_attribute(datagram, REQUESTED_ADDRESS_FAMILY) {
+        None => Ok(None),
+        Some([0x01, ..]) => Ok(Some(true)),
+        Some([0x02, ..]) => Ok(Some(false)),
+        Some(other) => Err(other.first().copied().unwrap_or(0)),
+    }
+}
+
+/// RFC 8656 §18.9 RESERVATION-TOKEN.
+pub const RESERVATION_TOKEN: u16 = 0x0022;
+
+/// EVEN-PORT of an Allocate (RFC 8656 §7.2: the relayed port must be even): `Some(true)`
+/// when its R bit also asks to reserve the next port, `None` without the attribute.
+pub fn even_port(datagram: &[u8]) -> Option<bool> {
+    let value = crate::stun::raw_attribute(datagram, EVEN_PORT)?;
+    Some(value.first().is_some_and(|b| b & 0x80 != 0))
+}
+
+/// The RESERVATION-TOKEN of an Allocate: `Some(None)` when it is not eight bytes long (no
+/// reservation has such a token, so it is refused like an unknown one).
+pub fn reservation_token(datagram: &[u8]) -> Option<Option<u64>> {
+    let value = crate::stun::raw_attribute(datagram, RESERVATION_TOKEN)?;
+    Some(<[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes))
+}
+
 /// The realm LANrage relays use.
 pub const REALM: &str = "lanrage";
 
@@ -119,13 +190,6 @@ pub fn rest_password(secret: &[u8], username: &str) -> String {
     let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(username.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// The `Authorization` header a relay registers with at Unix time `unix`:
-/// `LanrageRelay <unix>:<base64 HMAC-SHA1(secret, "lanrage-relay:<unix>")>`.
-pub fn relay_authorization(secret: &str, unix: u64) -> String {
-    let mac = rest_password(secret.as_bytes(), &format!("lanrage-relay:{unix}"));
-    format!("LanrageRelay {unix}:{mac}")
 }
 
 /// The expiry and user id of a REST username, if it has that form. coturn also accepts a

@@ -17,6 +17,12 @@
 //!
 //! Cryptokey routing: a decrypted packet is passed on only if its inner source address is
 //! the sending peer's virtual IP; anything else is dropped and counted.
+//!
+//! Handshake floods: the node decides "under load" over all sources, as kernel WireGuard
+//! does, answers handshakes without a valid cookie with cookie replies while it is, and
+//! bounds the Diffie-Hellman work per second ([`guard`]).
+
+pub mod guard;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,8 +49,6 @@ use crate::lan::{self, Capture, Lan, Member, Via};
 use crate::packet::{self, Probe, ProbeKind};
 use crate::quality::Quality;
 
-/// Handshake initiations per second before the node answers with cookies (whitepaper §5.3).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// How often WireGuard's own timers are serviced; they have one-second resolution.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// How often the path in use is probed: latency, consent freshness, and the NAT binding.
@@ -159,6 +163,12 @@ pub struct Counters {
     pub dropped_invalid: u64,
     /// Valid handshakes from keys that are not party members.
     pub dropped_unknown_peer: u64,
+    /// Handshake messages answered with a cookie reply instead of being processed: the
+    /// node was under load and they carried no valid cookie (see [`guard`]).
+    pub handshakes_cookied: u64,
+    /// Handshake messages with valid MACs dropped unprocessed: their source IP was over
+    /// its rate under load, or the second's Diffie-Hellman budget was spent.
+    pub handshakes_dropped: u64,
 }
 
 /// One peer as the data plane sees it.
@@ -192,7 +202,14 @@ pub struct Node {
     secret: StaticSecret,
     public: PublicKey,
     index_table: IndexTable,
-    rate_limiter: Arc<RateLimiter>,
+    /// gotatun's MAC checks, never "under load" itself (its limit is per source IP, which
+    /// a flood from many addresses never trips): MAC1 only.
+    mac1_only: Arc<RateLimiter>,
+    /// gotatun's MAC checks with a limit of zero: MAC1 and a valid cookie MAC2, else a
+    /// cookie reply. Used while [`guard::Guard`] says the node is under load.
+    cookie_required: Arc<RateLimiter>,
+    /// Whether the node is under load, per-IP buckets and the DH budget.
+    guard: guard::Guard,
     local_ip: Option<Ipv4Addr>,
     /// The party broadcast address (e.g. 10.66.255.255), derived from the prefix.
     broadcast: Option<Ipv4Addr>,
@@ -513,7 +530,9 @@ impl Node {
         let lan = Lan::new(rng.next_u64());
         MockClock::set_time(Duration::ZERO);
         Self {
-            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            mac1_only: Arc::new(RateLimiter::new(&public, u64::MAX)),
+            cookie_required: Arc::new(RateLimiter::new(&public, 0)),
+            guard: guard::Guard::new(now),
             secret,
             public,
             index_table,
@@ -656,7 +675,7 @@ impl Node {
                 None,
                 None,
                 self.index_table.clone(),
-                Arc::clone(&self.rate_limiter),
+                Arc::clone(&self.mac1_only),
                 StdRng::seed_from_u64(self.rng.next_u64()),
             );
             let mut peer = Peer {
@@ -761,11 +780,20 @@ impl Node {
     /// Handles a WireGuard datagram that arrived by `from`.
     pub fn handle_datagram(&mut self, from: Route, datagram: &[u8], now: Instant) {
         self.sync_clock(now);
+        self.roll_guard(now);
+        let src = from.peer_addr();
+        let admission = is_handshake(datagram).then(|| self.guard.admit(now));
+        let limiter = match admission {
+            Some(guard::Admission::RequireCookie) => &self.cookie_required,
+            Some(guard::Admission::Normal) | None => &self.mac1_only,
+        };
         let packet = Packet::from_bytes(BytesMut::from(datagram));
-        let wg = match self.rate_limiter.verify_packet(from.peer_addr(), packet) {
+        let wg = match limiter.verify_packet(src, packet) {
             Ok(wg) => wg,
             Err(TunnResult::WriteToNetwork(cookie)) => {
-                // Under load: answer with a cookie instead of doing the DH work.
+                // Under load and no valid cookie: answer with one instead of doing the DH
+                // work (whitepaper §5.3); a real peer retries with it.
+                self.counters.handshakes_cookied += 1;
                 self.push_transmit(from, cookie);
                 return;
             }
@@ -774,6 +802,14 @@ impl Node {
                 return;
             }
         };
+        if let Some(admission) = admission {
+            let with_cookie = admission == guard::Admission::RequireCookie;
+            if let Err(why) = self.guard.allow(src.ip(), with_cookie, now) {
+                tracing::trace!(?why, "handshake dropped unprocessed");
+                self.counters.handshakes_dropped += 1;
+                return;
+            }
+        }
         let Some(key) = self.identify(&wg) else {
             return;
         };
@@ -812,6 +848,7 @@ impl Node {
     /// Services WireGuard's timers, sends due probes and picks each peer's path.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sync_clock(now);
+        self.roll_guard(now);
         if now >= self.next_tick {
             self.next_tick = now + TIMER_TICK;
             let keys: Vec<DeviceKey> = self.peers.keys().copied().collect();
@@ -1023,6 +1060,11 @@ impl Node {
         self.counters
     }
 
+    /// Whether handshakes must carry a valid cookie now (see [`guard`]).
+    pub fn under_load(&self, now: Instant) -> bool {
+        self.guard.under_load(now)
+    }
+
     /// Per-peer state, in key order.
     pub fn peer_stats(&self, now: Instant) -> Vec<PeerStats> {
         self.peers
@@ -1062,6 +1104,16 @@ impl Node {
     fn sync_clock(&mut self, now: Instant) {
         self.now = now;
         MockClock::set_time(now.saturating_duration_since(self.epoch));
+    }
+
+    /// Starts the flood defence's next one-second window when due, and clears gotatun's
+    /// per-source-IP counts with it (they only grow otherwise; `Tunn::update_timers` also
+    /// clears them, but only while a peer exists).
+    fn roll_guard(&mut self, now: Instant) {
+        if self.guard.roll(now) {
+            self.mac1_only.try_reset_count();
+            self.cookie_required.try_reset_count();
+        }
     }
 
     fn nanos_since_epoch(&self, now: Instant) -> u64 {
@@ -1296,6 +1348,15 @@ impl Node {
             self.to_tun.push_back(packet.to_vec());
         }
     }
+}
+
+/// Whether a datagram is a handshake initiation or response (whitepaper §5.4.2–3: type 1,
+/// 148 bytes; type 2, 92 bytes), the messages that cost a Diffie-Hellman.
+fn is_handshake(datagram: &[u8]) -> bool {
+    matches!(
+        (datagram.len(), datagram.get(..4)),
+        (148, Some([1, 0, 0, 0])) | (92, Some([2, 0, 0, 0]))
+    )
 }
 
 fn push_sample(samples: &mut VecDeque<Duration>, rtt: Duration) {

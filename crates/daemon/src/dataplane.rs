@@ -58,6 +58,9 @@ pub struct Snapshot {
     /// The last NAT probe's result (`None` without STUN servers or before the first).
     pub nat: Option<NatReport>,
     pub dropped_spoofed: u64,
+    /// The mesh node's counters: drops by reason, and handshakes cookied or dropped by
+    /// the flood defence.
+    pub wg_counters: lanrage_core::Counters,
     pub interface: Option<String>,
     /// TURN relayed addresses held now (candidates for peers).
     pub relayed: Vec<SocketAddr>,
@@ -878,6 +881,7 @@ impl Task {
                     nat: self.nat.clone(),
                     peers: self.node.peer_stats(now),
                     dropped_spoofed: self.node.counters().dropped_spoofed,
+                    wg_counters: self.node.counters(),
                     interface: self.tun.as_ref().map(|_| TUN_NAME.to_owned()),
                     relayed: self.turn.iter().filter_map(TurnClient::relayed).collect(),
                     public_addr: self

@@ -240,21 +240,27 @@ fn peer_of(key: &str) -> Option<DeviceKey> {
     key.rsplit_once('/').and_then(|(k, _)| k.parse().ok())
 }
 
-/// Parses `5m`, `1h`, `24h`, `90s` or plain seconds; at most 30 days.
+/// Parses `5m`, `1h`, `24h`, `90s` or plain seconds; a longer window than the 30 days the
+/// series keep is those 30 days.
 pub fn parse_window(s: &str) -> Option<u64> {
+    // The shape the API document gives: `^[1-9][0-9]{0,6}[smhd]?$`.
     let (n, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => s.split_at(i),
         None => (s, "s"),
     };
+    if n.is_empty() || n.len() > 7 || n.starts_with('0') {
+        return None;
+    }
     let n: u64 = n.parse().ok()?;
-    let secs = n.checked_mul(match unit {
+    let unit = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => return None,
-    })?;
-    (1..=30 * 86_400).contains(&secs).then_some(secs)
+    };
+    // Seven digits of days fit a u64 many times over; the series keep 30 days.
+    Some((n * unit).min(30 * 86_400))
 }
 
 /// What `GET /metrics` shows, gathered by the API.
@@ -263,6 +269,9 @@ pub struct Scrape<'a> {
     pub peers: &'a [lanrage_core::PeerStats],
     pub lan: Option<&'a LanCounters>,
     pub dropped_spoofed: u64,
+    /// WireGuard's handshake guard: answered with a cookie, and dropped unprocessed.
+    pub handshakes_cookied: u64,
+    pub handshakes_dropped: u64,
     pub store_transactions: u64,
     pub store_failures: u64,
     pub series: (usize, usize),
@@ -388,6 +397,18 @@ pub fn render(s: &Scrape<'_>) -> String {
     );
     e.sample(&[], s.dropped_spoofed);
     e.family(
+        "lanrage_handshakes_cookied_total",
+        Kind::Counter,
+        "Handshake messages answered with a cookie reply while under load (no key exchange done).",
+    );
+    e.sample(&[], s.handshakes_cookied);
+    e.family(
+        "lanrage_handshakes_dropped_total",
+        Kind::Counter,
+        "Handshake messages dropped under load: over their address's rate or the second's key-exchange budget.",
+    );
+    e.sample(&[], s.handshakes_dropped);
+    e.family(
         "lanrage_store_transactions_total",
         Kind::Counter,
         "Write transactions committed to the daemon's database.",
@@ -436,7 +457,19 @@ mod tests {
         assert_eq!(parse_window("1h"), Some(3600));
         assert_eq!(parse_window("24h"), Some(86_400));
         assert_eq!(parse_window("90"), Some(90));
-        for bad in ["", "0", "5x", "-1h", "31d", "h", "99999999999999999999"] {
+        // Longer than what is kept answers what is kept.
+        assert_eq!(parse_window("31d"), Some(30 * 86_400));
+        assert_eq!(parse_window("9999999d"), Some(30 * 86_400));
+        for bad in [
+            "",
+            "0",
+            "05m",
+            "5x",
+            "-1h",
+            "h",
+            "1hh",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_window(bad), None, "{bad}");
         }
     }

@@ -34,8 +34,8 @@ pub struct Membership {
     pub last_view: Option<lanrage_proto::api::PartyView>,
 }
 
-/// The device key and the local API token, read from the state directory (created, mode
-/// 0700, if missing) or made on first start.
+/// The device key and the local API token, read from the state directory (created or
+/// repaired to mode 0700) or made on first start.
 pub struct Keys {
     pub device: StaticSecret,
     pub api_token: String,
@@ -51,16 +51,10 @@ impl Keys {
     }
 }
 
+/// Creates the state directory (0700) or repairs it and the files in it (0600); refuses
+/// one owned by another user (see `lanrage_control::private_dir`).
 fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    if !dir.exists() {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating the state directory {}", dir.display()))?;
-        // Only a directory we made is narrowed; an existing one keeps its mode, and the
-        // secrets in it are 0600 either way.
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {}", dir.display()))?;
-    }
-    Ok(())
+    lanrage_control::private_dir::secure(dir, None)
 }
 
 fn device_key_in(dir: &Path) -> anyhow::Result<StaticSecret> {
@@ -121,6 +115,8 @@ impl State {
             .execute(&pool)
             .await
             .with_context(|| format!("reading {}", dir.join(DB_FILE).display()))?;
+        // SQLite has just made its -wal and -shm files: private too, whatever the umask.
+        ensure_dir(dir)?;
         let (writes, writer) = WriteBehind::start(pool.clone());
         Ok(Self {
             dir: dir.to_path_buf(),

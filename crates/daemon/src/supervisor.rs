@@ -113,8 +113,10 @@ impl From<ClientError> for LocalError {
                 let (code, message) = match code.as_str() {
                     "party_not_found" => (
                         "invite_expired",
-                        "this invite no longer works: the party has ended; ask the host for a \
-                         fresh invite"
+                        // The control plane gives one answer for an ended party and a
+                        // wrong secret, so as not to tell which party ids exist.
+                        "this invite does not work: the party has ended or the invite is \
+                         wrong; ask the host for a fresh invite"
                             .to_owned(),
                     ),
                     "wrong_secret" | "missing_secret" => ("invite_invalid", message),
@@ -371,7 +373,8 @@ async fn start_after_socket(
                 Ok((url, None))
             }
             None => {
-                let (url, stop, task) = start_embedded_control(config, state, key).await?;
+                let (url, stop, task) =
+                    start_embedded_control(config, state, key, dataplane.port).await?;
                 Ok((url, Some((stop, task))))
             }
         }
@@ -464,6 +467,7 @@ async fn start_embedded_control(
     config: &DaemonConfig,
     state: &State,
     owner: DeviceKey,
+    wg_port: u16,
 ) -> anyhow::Result<(String, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)> {
     let advertise = config
         .advertise
@@ -479,19 +483,47 @@ async fn start_embedded_control(
     let mut cc = ControlConfig::new(state.control_db_url());
     cc.public_url = Some(url.clone());
     let relay = match config.host_relay_port {
-        Some(port) => start_embedded_relay(config, state, advertise, port).await,
+        Some(port) => start_embedded_relay(config, state, advertise, port, wg_port).await,
         None => None,
     };
-    if let Some((addr, secret)) = &relay {
+    if let Some((addr, secret, handle)) = &relay {
         // The relay is the party's STUN server and TURN fallback, as a registered one
         // would be; credentials are signed with the secret the two share.
         cc.ice.turn_secret = Some(secret.clone());
         cc.ice.stun = vec![*addr];
         cc.ice.turn = vec![*addr];
+        // A full relay is not handed out, as a registered one would not be.
+        let handle = handle.clone();
+        cc.ice.turn_load = Some(Arc::new(move || {
+            let load = handle.load();
+            lanrage_control::RelayLoad {
+                allocations: load.allocations as u64,
+                capacity: (load.capacity + load.allocations) as u64,
+                draining: load.draining,
+            }
+        }));
     }
     // The port is open to the network so friends can join; only this device creates parties.
     cc.creators = Some(vec![owner]);
     let control = Control::open(cc).await?;
+    if let Some((_, _, handle)) = relay {
+        // Members who leave or are kicked lose their allocations on the relay at once.
+        let mut revocations = control.revocations();
+        tokio::spawn(async move {
+            loop {
+                match revocations.recv().await {
+                    Ok(r) => handle.revoke(&r.user, r.until),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(
+                            missed,
+                            "relay missed revocations; their credentials expire by themselves"
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     let listener = TcpListener::bind(config.control_listen)
         .await
         .with_context(|| {
@@ -509,14 +541,15 @@ async fn start_embedded_control(
 }
 
 /// Host mode's relay: STUN and TURN on the control plane's IP, relayed addresses on the
-/// advertised one. Returns the address guests reach it at and its secret, or `None` (with a
-/// warning) when it cannot run: the party then does without a relay, as before.
+/// advertised one. Returns the address guests reach it at, its secret and its handle, or
+/// `None` (with a warning) when it cannot run: the party then does without a relay.
 async fn start_embedded_relay(
     config: &DaemonConfig,
     state: &State,
     advertise: std::net::IpAddr,
     port: u16,
-) -> Option<(SocketAddr, String)> {
+    wg_port: u16,
+) -> Option<(SocketAddr, String, lanrage_relay::Handle)> {
     let secret = match state.host_turn_secret() {
         Ok(s) => s,
         Err(e) => {
@@ -530,6 +563,10 @@ async fn start_embedded_relay(
         turn: Some(lanrage_relay::TurnOptions {
             config: lanrage_relay::turn::Config {
                 secret: secret.clone().into_bytes(),
+                // The host's own WireGuard socket shares the relay's IP; guests behind
+                // strict NATs reach the host through the relay, so that one address on
+                // the relay's IP is a peer after all.
+                self_peers: vec![SocketAddr::new(advertise, wg_port)],
                 ..lanrage_relay::turn::Config::default()
             },
             relay_ip: advertise,
@@ -546,11 +583,12 @@ async fn start_embedded_relay(
             return None;
         }
     };
+    let handle = relay.handle();
     // It runs as long as the process: the daemon's end is the relay's end.
     tokio::spawn(relay.run(std::future::pending()));
     let addr = SocketAddr::new(advertise, port);
     tracing::info!(%addr, "host mode: relay embedded");
-    Some((addr, secret))
+    Some((addr, secret, handle))
 }
 
 fn default_player_name() -> String {
@@ -803,8 +841,10 @@ impl Supervisor {
         name: Option<String>,
     ) -> Result<InviteResponse, LocalError> {
         let invite: InviteCode = code.parse().map_err(|e: lanrage_proto::InviteError| {
+            // The local API checked the code's shape (a 400 there): one of that shape that
+            // does not decode names no party.
             LocalError::new(
-                400,
+                404,
                 "invite_invalid",
                 format!("{e}; copy the whole code the host shared (it starts with lr1-)"),
             )
@@ -868,6 +908,8 @@ impl Supervisor {
                 },
             );
         }
+        // Relay credentials are bound to the membership: the last party's are revoked.
+        self.ice_next = None;
         self.refresh_ice().await;
         self.publish_candidates().await;
         self.session
@@ -1031,6 +1073,8 @@ impl Supervisor {
                 if joined && let Some(s) = &mut self.session {
                     s.needs_join = false;
                     tracing::info!(party = %s.invite.party, "membership confirmed");
+                    // Relay credentials are bound to the membership: fetch them now.
+                    self.ice_next = None;
                 }
                 let _ = self.apply_view(view).await; // logged inside
                 self.publish_candidates().await;
@@ -1147,6 +1191,11 @@ impl Supervisor {
                     })
                     .collect();
                 self.dataplane.set_ice(ice.stun, turn).await;
+            }
+            // Not (yet, or no longer) a member: normal around a join; ask again soon.
+            Err(ClientError::Api { code, .. }) if code == "not_a_member" => {
+                self.ice_next = Some(now + ICE_RETRY);
+                tracing::debug!("no relay credentials before the membership is confirmed");
             }
             Err(e) => tracing::debug!(error = %e, "fetching ICE servers failed; retrying"),
         }

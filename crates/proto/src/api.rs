@@ -165,8 +165,9 @@ pub struct TurnServer {
 }
 
 /// `POST /v1/relays`: a relay announces itself (and heartbeats with the same call). Signed
-/// with the TURN secret: header `Authorization: LanrageRelay <unix>:<hex HMAC-SHA1(secret,
-/// "lanrage-relay:<unix>")>`.
+/// with the relay's own Ed25519 key, which the control plane must list as trusted: header
+/// `Authorization: LanrageRelay <key>:<unix>:<nonce>:<signature>` over the method, path,
+/// body digest, time and nonce (`lanrage_core::turn::RelaySigner`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RelayRegistration {
     /// Stable id of the relay process (a relay restarting under the same id replaces
@@ -179,7 +180,27 @@ pub struct RelayRegistration {
     /// Whether TURN is served (else STUN only).
     pub turn: bool,
     pub allocations: u64,
+    /// Allocations this relay can hold in all (in use + still possible).
     pub capacity: u64,
+    /// Shutting down or refusing new allocations: handed to nobody.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Answer to `POST /v1/relays`: the TURN user ids whose credentials the relay must refuse
+/// (members who left or were removed), each until the last credential issued for it expired.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelayHeartbeatReply {
+    #[serde(default)]
+    pub revoked: Vec<Revocation>,
+}
+
+/// One revoked TURN REST user id (`<device key prefix>.<party id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub user: String,
+    /// Unix seconds; credentials of `user` expiring at or before this are refused.
+    pub until: u64,
 }
 
 /// Reply to create and join: the party and its invite code.

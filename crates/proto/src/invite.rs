@@ -41,6 +41,26 @@ pub enum InviteError {
 }
 
 impl InviteCode {
+    /// Checks only the shape of a code (what the local API's schema says): the prefix, the
+    /// base64url alphabet, and a length that can hold a party. A code of this shape may
+    /// still name no party (bad padding bits, no URL inside); parsing tells.
+    pub fn check_shape(s: &str) -> Result<(), InviteError> {
+        let body = s.strip_prefix(PREFIX).ok_or(InviteError::Prefix)?;
+        if !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(InviteError::Encoding);
+        }
+        // Unpadded base64 of 24 + 8 ..= 24 + MAX_URL_LEN bytes.
+        let min = ((24 + "http://x".len()) * 4).div_ceil(3);
+        let max = ((24 + MAX_URL_LEN) * 4).div_ceil(3);
+        if !(min..=max).contains(&body.len()) {
+            return Err(InviteError::Length);
+        }
+        Ok(())
+    }
+
     fn validate_url(url: &str) -> Result<(), InviteError> {
         let ok = (url.starts_with("http://") || url.starts_with("https://"))
             && url.len() <= MAX_URL_LEN
@@ -115,6 +135,51 @@ mod tests {
         assert!(text.starts_with("lr1-"));
         assert_eq!(text.parse::<InviteCode>(), Ok(code));
         assert_eq!(format!("  {text}\n").parse::<InviteCode>(), Ok(sample()));
+    }
+
+    #[test]
+    fn the_shape_check_matches_the_local_api_schema() {
+        // The schema says: `^lr1-[A-Za-z0-9_-]+$`, 47 to 378 characters.
+        let good = InviteCode::new(
+            "http://10.99.0.1:8667",
+            PartyId::from_bytes([1; 8]),
+            PartySecret::from_bytes([2; 16]),
+        )
+        .expect("valid")
+        .to_string();
+        assert_eq!(InviteCode::check_shape(&good), Ok(()));
+        let shortest = format!("lr1-{}", "A".repeat(43));
+        assert_eq!(InviteCode::check_shape(&shortest), Ok(()));
+        assert_eq!(shortest.len(), 47);
+        assert_eq!(
+            InviteCode::check_shape(&shortest[..46]),
+            Err(InviteError::Length)
+        );
+        let longest = format!("lr1-{}", "A".repeat(374));
+        assert_eq!(longest.len(), 378);
+        assert_eq!(InviteCode::check_shape(&longest), Ok(()));
+        assert_eq!(
+            InviteCode::check_shape(&format!("{longest}A")),
+            Err(InviteError::Length)
+        );
+        assert_eq!(
+            InviteCode::check_shape(&format!(" {good}")),
+            Err(InviteError::Prefix)
+        );
+        assert_eq!(
+            InviteCode::check_shape(&format!("{good}=")),
+            Err(InviteError::Encoding)
+        );
+        // The longest URL an invite holds fits the longest shape.
+        let url = format!("http://{}", "a".repeat(MAX_URL_LEN - 7));
+        let code = InviteCode::new(
+            &url,
+            PartyId::from_bytes([1; 8]),
+            PartySecret::from_bytes([2; 16]),
+        )
+        .expect("valid")
+        .to_string();
+        assert_eq!(code.len(), 378);
     }
 
     #[test]

@@ -252,10 +252,14 @@ pub struct WireguardPeer {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    #[schema(schema_with = schema::party_name)]
     pub name: String,
+    /// 2 to 250 (the control plane's largest party).
     #[serde(default)]
+    #[schema(minimum = 2, maximum = 250)]
     pub max_members: Option<u32>,
     #[serde(default)]
+    #[schema(schema_with = schema::player_name)]
     pub player_name: Option<String>,
 }
 
@@ -263,8 +267,12 @@ pub struct CreateRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
+    /// `lr1-` and base64url: 24 bytes of party id and secret and the control plane's URL
+    /// (8 to 256 bytes). A code of this shape that names no party is a 404.
+    #[schema(min_length = 47, max_length = 378, pattern = "^lr1-[A-Za-z0-9_-]+$")]
     pub invite: String,
     #[serde(default)]
+    #[schema(schema_with = schema::player_name)]
     pub player_name: Option<String>,
 }
 
@@ -340,8 +348,14 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct SettingsUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::player_name)]
     pub player_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // serde would build the struct from an array too; the document says object.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object_or_null"
+    )]
     pub lan: Option<LanSettingsUpdate>,
 }
 
@@ -354,13 +368,16 @@ pub struct LanSettingsUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::ports_or_null)]
     pub ports: Option<Vec<u16>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = schema::groups_or_null)]
     pub groups: Option<Vec<Ipv4Addr>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4294967295_u64, format = Int64)]
     pub rate_packets_per_s: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1500, maximum = 4294967295_u64, format = Int64)]
     pub rate_bytes_per_s: Option<u32>,
 }
 
@@ -503,18 +520,22 @@ pub struct LanUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = schema::ports)]
     pub allow_ports: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = schema::ports)]
     pub remove_ports: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<String>, format = Ipv4)]
+    #[schema(schema_with = schema::groups)]
     pub allow_groups: Vec<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<String>, format = Ipv4)]
+    #[schema(schema_with = schema::groups)]
     pub remove_groups: Vec<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4294967295_u64, format = Int64)]
     pub rate_packets_per_s: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1500, maximum = 4294967295_u64, format = Int64)]
     pub rate_bytes_per_s: Option<u32>,
 }
 
@@ -608,4 +629,115 @@ pub struct LanSkipped {
     pub ip: Ipv4Addr,
     pub name: Option<String>,
     pub reason: String,
+}
+
+/// Checks a name the local API takes (the document's `NAME_PATTERN`): 1 to `max`
+/// characters, no control characters, no space at either end. `what` names the field.
+pub fn check_name(name: &str, max: usize, what: &str) -> Result<(), String> {
+    let len = name.chars().count();
+    if len == 0 || len > max {
+        return Err(format!("{what}: must be 1 to {max} characters, not {len}"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{what}: must not contain control characters"));
+    }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return Err(format!("{what}: must not start or end with a space"));
+    }
+    Ok(())
+}
+
+/// A nested object field that refuses what serde would otherwise also accept for a struct
+/// (an array of its fields in order), so a request means what the OpenAPI document says.
+/// The fields are read through the caller's deserializer, so errors keep their path.
+fn object_or_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectOrNull<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOrNull<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object {…} or null")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(ObjectOrNull(std::marker::PhantomData))
+}
+
+/// OpenAPI schemas the derive cannot express: constraints on the items of a list.
+mod schema {
+    use utoipa::openapi::schema::{Array, ObjectBuilder, Schema, SchemaType, Type};
+
+    /// What the local API takes as a name: no control characters (Unicode Cc, which
+    /// `char::is_control` tests) and no space at either end.
+    pub const NAME_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f ](?:[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u001f\\u007f-\\u009f ])?$";
+
+    fn name(max: usize, nullable: bool) -> Schema {
+        let types = if nullable {
+            SchemaType::from_iter([Type::String, Type::Null])
+        } else {
+            SchemaType::new(Type::String)
+        };
+        ObjectBuilder::new()
+            .schema_type(types)
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .pattern(Some(NAME_PATTERN))
+            .into()
+    }
+
+    /// A party's name: 1 to 64 characters.
+    pub fn party_name() -> Schema {
+        name(64, false)
+    }
+
+    /// A player's name in a party: 1 to 32 characters (absent or null: unchanged).
+    pub fn player_name() -> Schema {
+        name(32, true)
+    }
+
+    /// A UDP port number (0 is not one).
+    fn port() -> Schema {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(65_535))
+            .into()
+    }
+
+    /// An IPv4 multicast group (224.0.0.0/4) in dotted-quad form without leading zeros.
+    fn group() -> Schema {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(
+                "^(?:22[4-9]|23[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$",
+            ))
+            .into()
+    }
+
+    pub fn ports() -> Array {
+        Array::new(port())
+    }
+
+    pub fn ports_or_null() -> Array {
+        Array::new_nullable(port())
+    }
+
+    pub fn groups() -> Array {
+        Array::new(group())
+    }
+
+    pub fn groups_or_null() -> Array {
+        Array::new_nullable(group())
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use lanrage_core::stun::{self, Stun};
+use lanrage_core::stun;
 use tokio::net::UdpSocket;
 
 /// The reply to one datagram that arrived on `local`, if it deserves one, and which of
@@ -30,19 +30,32 @@ use tokio::net::UdpSocket;
 /// With sockets on two IPs and two ports (RFC 5780 §4.1), answers carry OTHER-ADDRESS and
 /// CHANGE-REQUEST is honoured by answering from the other IP and/or port, which is how
 /// clients test their NAT's filtering. A change this relay cannot make is not answered.
+///
+/// RFC 8489 §6.3.1: a request with a FINGERPRINT that does not match is dropped, one with
+/// an unknown comprehension-required attribute gets 420 (at most 36 bytes). A classic RFC
+/// 3489 request gets MAPPED-ADDRESS and CHANGED-ADDRESS (RFC 5389 §12.2), never sent
+/// anywhere but back to its source (RESPONSE-ADDRESS is not honoured: a reflector).
 pub fn answer(
     from: SocketAddr,
     local: SocketAddr,
     datagram: &[u8],
     sockets: &[SocketAddr],
 ) -> Option<turn::Transmit> {
-    let Stun::BindingRequest {
-        txid,
-        change,
-        response_port,
-    } = stun::parse(datagram)?
-    else {
-        return None;
+    let request = stun::parse_request(datagram)?;
+    let (change, response_port) = match &request {
+        stun::ServerRequest::Binding {
+            change,
+            response_port,
+            ..
+        } => (*change, *response_port),
+        stun::ServerRequest::Classic { change, .. } => (*change, None),
+        stun::ServerRequest::Unknown { txid, attributes } => {
+            return Some(turn::Transmit {
+                from: local,
+                to: from,
+                payload: stun::unknown_attributes(*txid, attributes),
+            });
+        }
     };
     let other_ip = sockets
         .iter()
@@ -71,10 +84,17 @@ pub fn answer(
         .find(|s| s.ip() == ip && s.port() == port)?;
     // RESPONSE-PORT redirects the answer to another port of the sender's own IP only.
     let to = SocketAddr::new(from.ip(), response_port.unwrap_or(from.port()));
+    let payload = match request {
+        stun::ServerRequest::Classic { txid, .. } => {
+            stun::classic_binding_success(txid, from, other)
+        }
+        stun::ServerRequest::Binding { txid, .. } => stun::binding_success(txid, from, other),
+        stun::ServerRequest::Unknown { .. } => return None,
+    };
     Some(turn::Transmit {
         from: reply_from,
         to,
-        payload: stun::binding_success(txid, from, other),
+        payload,
     })
 }
 
@@ -106,8 +126,13 @@ pub struct Load {
     /// Whether TURN runs (a secret was given); the TURN fields are zero otherwise.
     pub turn: bool,
     pub allocations: usize,
-    /// Relay ports still free: how many more allocations fit.
+    /// How many more allocations the relay would grant: free ports within the relay-wide
+    /// cap, 0 while draining.
     pub capacity: usize,
+    /// Relay ports not allocated.
+    pub free_ports: usize,
+    /// Whether the relay refuses new allocations ([`Handle::drain`]).
+    pub draining: bool,
     pub permissions: usize,
     pub channels: usize,
     pub counters: turn::Counters,
@@ -136,11 +161,28 @@ impl Handle {
             load.turn = true;
             load.allocations = s.allocations();
             load.capacity = s.capacity();
+            load.free_ports = s.free_ports();
+            load.draining = s.draining();
             load.permissions = s.permissions();
             load.channels = s.channels();
             load.counters = s.counters();
         }
         load
+    }
+
+    /// Drops every allocation of TURN user id `user` and refuses its credentials that
+    /// expire at or before `until_unix` (see [`turn::Server::revoke`]). No-op without TURN.
+    pub fn revoke(&self, user: &str, until_unix: u64) {
+        if let Some(server) = &self.server {
+            lock(server).revoke(user, until_unix);
+        }
+    }
+
+    /// Refuses new allocations (508) from now on; existing ones go on. No-op without TURN.
+    pub fn drain(&self) {
+        if let Some(server) = &self.server {
+            lock(server).drain();
+        }
     }
 }
 
@@ -228,8 +270,10 @@ impl Relay {
                 );
             }
             let addrs: Vec<SocketAddr> = relays.keys().copied().collect();
+            let bound: Vec<SocketAddr> = listen.iter().map(|(a, _)| *a).collect();
             server = Some(Arc::new(Mutex::new(turn::Server::new(
                 t.config.clone(),
+                &own_addresses(&bound),
                 &addrs,
                 rand::random(),
             ))));
@@ -266,7 +310,25 @@ impl Relay {
             tracing::info!(%addr, turn = self.shared.server.is_some(), "relay listening");
         }
         if let Some(t) = &self.shared.server {
-            tracing::info!(relay_ports = self.shared.relays.len(), "TURN enabled");
+            let (limits, allow) = {
+                let s = lock(t);
+                let allow: Vec<String> = s
+                    .config()
+                    .allow_peers
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                (s.limits(), allow)
+            };
+            tracing::info!(
+                relay_ports = self.shared.relays.len(),
+                max_allocations = limits.total,
+                user_quota = limits.user,
+                ip_quota = limits.ip,
+                party_quota = limits.party,
+                allow_peers = ?allow,
+                "TURN enabled"
+            );
             let server = Arc::clone(t);
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -286,6 +348,30 @@ impl Relay {
         shutdown.await;
         tasks.shutdown().await;
     }
+}
+
+/// The relay's own addresses for the peer filter: its listen addresses, with an
+/// unspecified one (0.0.0.0, ::) replaced by every address of the host's interfaces, since
+/// the relay then answers on all of them.
+fn own_addresses(listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut own: Vec<SocketAddr> = listen.to_vec();
+    if listen.iter().any(|a| a.ip().is_unspecified()) {
+        match nix::ifaddrs::getifaddrs() {
+            Ok(ifaces) => own.extend(ifaces.filter_map(|i| {
+                let a = i.address?;
+                let ip: IpAddr = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                    (Some(v4), _) => v4.ip().into(),
+                    (_, Some(v6)) => v6.ip().into(),
+                    _ => return None,
+                };
+                Some(SocketAddr::new(ip, 0))
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the host's addresses; only the listen and relay IPs are refused as peers")
+            }
+        }
+    }
+    own
 }
 
 /// Serves STUN on every address in `listen` until `shutdown` completes (no TURN).
@@ -362,6 +448,8 @@ async fn run_relay(shared: Arc<Shared>, relay: SocketAddr) {
 
 #[cfg(test)]
 mod tests {
+    use lanrage_core::stun::Stun;
+
     use super::*;
 
     fn a(s: &str) -> SocketAddr {
@@ -444,6 +532,52 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn rfc8489_server_rules_unknown_attributes_fingerprints_and_classic_requests() {
+        let from = a("198.51.100.2:40000");
+        let socks = [
+            a("203.0.113.10:3478"),
+            a("203.0.113.11:3478"),
+            a("203.0.113.10:3479"),
+            a("203.0.113.11:3479"),
+        ];
+        let local = socks[0];
+        // An unknown comprehension-required attribute: 420 from where it was asked, to
+        // the sender, no larger than a Binding answer.
+        let mut req = stun::binding_request([7; 12]);
+        req.extend_from_slice(&[0x7f, 0x01, 0x00, 0x04, 1, 2, 3, 4]);
+        req[3] += 8;
+        let t = answer(from, local, &req, &socks).expect("a 420");
+        assert_eq!((t.from, t.to), (local, from));
+        assert!(t.payload.len() <= 36);
+        let msg = lanrage_core::turn::decode(&t.payload).expect("STUN");
+        let code = msg
+            .get_attribute::<stun_codec::rfc5389::attributes::ErrorCode>()
+            .map(|c| c.code());
+        assert_eq!(code, Some(420));
+        // A FINGERPRINT that does not match: no answer at all.
+        let mut fp = stun::binding_request([8; 12]);
+        fp.extend_from_slice(&[0x80, 0x28, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef]);
+        fp[3] += 8;
+        assert_eq!(answer(from, local, &fp, &socks), None);
+        // A classic RFC 3489 request: MAPPED-ADDRESS and CHANGED-ADDRESS, its own 16-byte
+        // transaction id, and CHANGE-REQUEST honoured like RFC 5780's.
+        let txid = [9; 16];
+        for (ip, port, expect) in [(false, false, socks[0]), (true, true, socks[3])] {
+            let req = stun::classic_binding_request(txid, stun::Change { ip, port });
+            let t = answer(from, local, &req, &socks).expect("a classic answer");
+            assert_eq!((t.from, t.to), (expect, from));
+            assert_eq!(
+                t.payload,
+                stun::classic_binding_success(txid, from, Some(socks[3]))
+            );
+        }
+        // On a single address, the classic answer has no CHANGED-ADDRESS.
+        let req = stun::classic_binding_request(txid, stun::Change::default());
+        let t = answer(from, local, &req, &[local]).expect("a classic answer");
+        assert_eq!(t.payload, stun::classic_binding_success(txid, from, None));
     }
 
     #[tokio::test]

@@ -81,9 +81,21 @@ fn render_turn(e: &mut Exposition, load: &Load) {
     e.family(
         "lanrage_relay_free_ports",
         Kind::Gauge,
-        "Relay ports not allocated: how many more allocations fit.",
+        "Relay ports not allocated.",
+    )
+    .sample(&[], load.free_ports);
+    e.family(
+        "lanrage_relay_capacity",
+        Kind::Gauge,
+        "Allocations the relay would still grant: free ports within the relay-wide cap, 0 while draining.",
     )
     .sample(&[], load.capacity);
+    e.family(
+        "lanrage_relay_draining",
+        Kind::Gauge,
+        "1 while the relay refuses new allocations (draining), else 0.",
+    )
+    .sample(&[], u64::from(load.draining));
     e.family(
         "lanrage_relay_permissions",
         Kind::Gauge,
@@ -128,7 +140,31 @@ fn render_turn(e: &mut Exposition, load: &Load) {
         "TURN requests refused for their credentials, by reason.",
     )
     .sample(&[("reason", "stale_nonce")], c.stale_nonce)
-    .sample(&[("reason", "bad_credentials")], c.bad_credentials);
+    .sample(&[("reason", "bad_credentials")], c.bad_credentials)
+    .sample(&[("reason", "revoked")], c.revoked);
+    let q = &c.quota;
+    e.family(
+        "lanrage_relay_quota_refusals_total",
+        Kind::Counter,
+        "Allocations refused, by limit: user, ip, party (486), total cap or no port, draining (508).",
+    )
+    .sample(&[("kind", "user")], q.user)
+    .sample(&[("kind", "ip")], q.ip)
+    .sample(&[("kind", "party")], q.party)
+    .sample(&[("kind", "total")], q.total)
+    .sample(&[("kind", "draining")], q.draining);
+    e.family(
+        "lanrage_relay_forbidden_peer_requests_total",
+        Kind::Counter,
+        "CreatePermission and ChannelBind requests refused (403) for a special-use or the relay's own address.",
+    )
+    .sample(&[], c.forbidden_peer_requests);
+    e.family(
+        "lanrage_relay_unknown_attribute_requests_total",
+        Kind::Counter,
+        "TURN requests answered 420 for an unknown comprehension-required attribute.",
+    )
+    .sample(&[], c.unknown_attributes);
     e.family(
         "lanrage_relay_dropped_packets_total",
         Kind::Counter,
@@ -136,6 +172,7 @@ fn render_turn(e: &mut Exposition, load: &Load) {
     )
     .sample(&[("reason", "no_allocation")], c.no_allocation)
     .sample(&[("reason", "no_permission")], c.no_permission)
+    .sample(&[("reason", "forbidden_peer")], c.forbidden_peer)
     .sample(&[("reason", "rate_limited")], c.rate_limited);
 }
 
@@ -151,7 +188,7 @@ mod tests {
     use tokio::net::{TcpStream, UdpSocket};
 
     use super::*;
-    use crate::turn::{Counters, Traffic};
+    use crate::turn::{Counters, QuotaRefusals, Traffic};
     use crate::{Options, Relay, TurnOptions};
 
     /// Longest wait for one datagram; only keeps a broken test from hanging.
@@ -179,7 +216,9 @@ mod tests {
         let load = Load {
             turn: true,
             allocations: 3,
-            capacity: 250,
+            capacity: 240,
+            free_ports: 250,
+            draining: true,
             permissions: 4,
             channels: 2,
             counters: Counters {
@@ -187,6 +226,17 @@ mod tests {
                 challenged: 11,
                 stale_nonce: 1,
                 bad_credentials: 2,
+                revoked: 3,
+                unknown_attributes: 4,
+                quota: QuotaRefusals {
+                    user: 12,
+                    ip: 13,
+                    party: 14,
+                    total: 15,
+                    draining: 16,
+                },
+                forbidden_peer_requests: 17,
+                forbidden_peer: 18,
                 no_allocation: 5,
                 no_permission: 6,
                 rate_limited: 7,
@@ -209,6 +259,11 @@ mod tests {
             ("lanrage_relay_stun_responses_total", "counter"),
             ("lanrage_relay_allocations", "gauge"),
             ("lanrage_relay_free_ports", "gauge"),
+            ("lanrage_relay_capacity", "gauge"),
+            ("lanrage_relay_draining", "gauge"),
+            ("lanrage_relay_quota_refusals_total", "counter"),
+            ("lanrage_relay_forbidden_peer_requests_total", "counter"),
+            ("lanrage_relay_unknown_attribute_requests_total", "counter"),
             ("lanrage_relay_permissions", "gauge"),
             ("lanrage_relay_channels", "gauge"),
             ("lanrage_relay_allocations_created_total", "counter"),
@@ -229,6 +284,43 @@ mod tests {
         assert_eq!(v("lanrage_relay_stun_responses_total", None), Some(42.0));
         assert_eq!(v("lanrage_relay_allocations", None), Some(3.0));
         assert_eq!(v("lanrage_relay_free_ports", None), Some(250.0));
+        assert_eq!(v("lanrage_relay_capacity", None), Some(240.0));
+        assert_eq!(v("lanrage_relay_draining", None), Some(1.0));
+        for (kind, n) in [
+            ("user", 12.0),
+            ("ip", 13.0),
+            ("party", 14.0),
+            ("total", 15.0),
+            ("draining", 16.0),
+        ] {
+            assert_eq!(
+                v("lanrage_relay_quota_refusals_total", Some(("kind", kind))),
+                Some(n),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            v("lanrage_relay_forbidden_peer_requests_total", None),
+            Some(17.0)
+        );
+        assert_eq!(
+            v(
+                "lanrage_relay_dropped_packets_total",
+                Some(("reason", "forbidden_peer"))
+            ),
+            Some(18.0)
+        );
+        assert_eq!(
+            v(
+                "lanrage_relay_auth_failures_total",
+                Some(("reason", "revoked"))
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            v("lanrage_relay_unknown_attribute_requests_total", None),
+            Some(4.0)
+        );
         assert_eq!(
             v(
                 "lanrage_relay_relayed_bytes_total",
@@ -317,6 +409,9 @@ mod tests {
             turn: Some(TurnOptions {
                 config: crate::turn::Config {
                     secret: SECRET.to_vec(),
+                    // Client, relay and peer all sit on loopback, which relays refuse as
+                    // a peer range unless it is opened.
+                    allow_peers: vec!["127.0.0.0/8".parse().expect("a CIDR")],
                     ..crate::turn::Config::default()
                 },
                 relay_ip: IpAddr::V4(lo),
@@ -391,6 +486,8 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(v("lanrage_relay_free_ports", None), Some(0.0));
+        assert_eq!(v("lanrage_relay_capacity", None), Some(0.0));
+        assert_eq!(v("lanrage_relay_draining", None), Some(0.0));
         assert_eq!(v("lanrage_relay_permissions", None), Some(1.0));
         assert_eq!(v("lanrage_relay_channels", None), Some(1.0));
         assert_eq!(v("lanrage_relay_auth_challenges_total", None), Some(1.0));
@@ -402,7 +499,12 @@ mod tests {
         assert_eq!(v(bytes, dir("client_to_peer")), Some(5.0));
         assert_eq!(v(packets, dir("peer_to_client")), Some(1.0));
         assert_eq!(v(bytes, dir("peer_to_client")), Some(4.0));
-        for reason in ["no_allocation", "no_permission", "rate_limited"] {
+        for reason in [
+            "no_allocation",
+            "no_permission",
+            "forbidden_peer",
+            "rate_limited",
+        ] {
             let dropped = v(
                 "lanrage_relay_dropped_packets_total",
                 Some(("reason", reason)),

@@ -11,6 +11,7 @@
 //! The glue between node, probe and TURN client mirrors the daemon's data plane.
 
 pub mod nat;
+pub mod party;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -86,6 +87,35 @@ struct Player {
 }
 
 impl Player {
+    /// Player `i` (key `[i + 1; 32]`, virtual IP 10.66.0.`i + 1`) at `ip` behind NAT `nat`,
+    /// probing its NAT and allocating on the simulated relay at `listen[0]`.
+    fn new(
+        i: u8,
+        ip: Ipv4Addr,
+        nat: usize,
+        listen: &[SocketAddr],
+        rng: &mut StdRng,
+        t0: Instant,
+    ) -> Self {
+        let secret = StaticSecret::from([i + 1; 32]);
+        let mut node = Node::new(secret, rng.next_u64(), t0);
+        let virtual_ip = Ipv4Addr::new(10, 66, 0, i + 1);
+        node.set_local(Some((virtual_ip, 16)));
+        let creds = rest_credentials(SECRET, &format!("p{i}"), UNIX_START + 43_200);
+        let stun = [listen[0], listen[1], listen[2]];
+        Player {
+            ip,
+            nat,
+            key: node.public_key(),
+            virtual_ip,
+            node,
+            probe: Some(NatProbe::new(&stun, WG_PORT, rng.next_u64(), t0)),
+            report: None,
+            turn: TurnClient::new(listen[0], creds, rng.next_u64(), t0),
+            published: None,
+        }
+    }
+
     fn main_addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.ip), WG_PORT)
     }
@@ -156,6 +186,8 @@ struct World {
     seq: u64,
     rng: StdRng,
     spray_packets: u64,
+    /// WireGuard cookie replies (type 3) that reached a player.
+    cookie_replies: u64,
     hints: bool,
 }
 
@@ -171,22 +203,7 @@ pub fn run(s: &Scenario) -> Outcome {
     if let Some(b) = s.b {
         nats.push(Nat::new(b, Ipv4Addr::new(192, 0, 2, 2), rng.next_u64()));
     }
-    let listen: Vec<SocketAddr> = [(S1, 3478), (S2, 3478), (S1, 3479), (S2, 3479)]
-        .into_iter()
-        .map(|(ip, port)| SocketAddr::new(IpAddr::V4(ip), port))
-        .collect();
-    let relay_ports: Vec<SocketAddr> = (50_000..50_016)
-        .map(|p| SocketAddr::new(IpAddr::V4(S1), p))
-        .collect();
-    let server = Server::new(
-        Config {
-            secret: SECRET.to_vec(),
-            ..Config::default()
-        },
-        &relay_ports,
-        [7; 32],
-    );
-    let stun = [listen[0], listen[1], listen[2]];
+    let listen = listen_addrs();
     let players = (0..2u8)
         .map(|i| {
             let (ip, nat) = match (i, s.b) {
@@ -194,40 +211,10 @@ pub fn run(s: &Scenario) -> Outcome {
                 (_, Some(_)) => (Ipv4Addr::new(192, 168, 2, 2), 1),
                 (_, None) => (Ipv4Addr::new(192, 168, 1, 3), 0),
             };
-            let secret = StaticSecret::from([i + 1; 32]);
-            let mut node = Node::new(secret, rng.next_u64(), t0);
-            let virtual_ip = Ipv4Addr::new(10, 66, 0, i + 1);
-            node.set_local(Some((virtual_ip, 16)));
-            let creds = rest_credentials(SECRET, &format!("p{i}"), UNIX_START + 43_200);
-            Player {
-                ip,
-                nat,
-                key: node.public_key(),
-                virtual_ip,
-                node,
-                probe: Some(NatProbe::new(&stun, WG_PORT, rng.next_u64(), t0)),
-                report: None,
-                turn: TurnClient::new(listen[0], creds, rng.next_u64(), t0),
-                published: None,
-            }
+            Player::new(i, ip, nat, &listen, &mut rng, t0)
         })
         .collect();
-    let mut w = World {
-        now: t0,
-        t0,
-        wan: s.wan_delay,
-        nats,
-        players,
-        server,
-        listen,
-        relay_ports,
-        next_server_tick: t0,
-        queue: BinaryHeap::new(),
-        seq: 0,
-        rng,
-        spray_packets: 0,
-        hints: s.hints,
-    };
+    let mut w = World::new(t0, s.wan_delay, nats, players, rng, s.hints);
     let (mut session_after, mut direct_after) = (None, None);
     let end = t0 + s.duration;
     for p in 0..2 {
@@ -281,7 +268,56 @@ pub fn run(s: &Scenario) -> Outcome {
     }
 }
 
+/// The public server's STUN/TURN listen addresses: two IPs, two ports each (RFC 5780).
+fn listen_addrs() -> Vec<SocketAddr> {
+    [(S1, 3478), (S2, 3478), (S1, 3479), (S2, 3479)]
+        .into_iter()
+        .map(|(ip, port)| SocketAddr::new(IpAddr::V4(ip), port))
+        .collect()
+}
+
 impl World {
+    /// A world of `players` behind `nats` and the public STUN/TURN server, at `t0`.
+    fn new(
+        t0: Instant,
+        wan: Duration,
+        nats: Vec<Nat>,
+        players: Vec<Player>,
+        rng: StdRng,
+        hints: bool,
+    ) -> Self {
+        let relay_ports: Vec<SocketAddr> = (50_000..50_016)
+            .map(|p| SocketAddr::new(IpAddr::V4(S1), p))
+            .collect();
+        let listen = listen_addrs();
+        let server = Server::new(
+            Config {
+                secret: SECRET.to_vec(),
+                ..Config::default()
+            },
+            &listen,
+            &relay_ports,
+            [7; 32],
+        );
+        Self {
+            now: t0,
+            t0,
+            wan,
+            nats,
+            players,
+            server,
+            listen,
+            relay_ports,
+            next_server_tick: t0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            spray_packets: 0,
+            cookie_replies: 0,
+            hints,
+        }
+    }
+
     /// Handles every event and timer due now.
     fn step(&mut self) {
         let now = self.now;
@@ -406,6 +442,9 @@ impl World {
                     .handle_datagram(Route::Socket { index, peer: from }, data, now);
             }
         } else if class == PacketClass::WireGuard {
+            if data.first() == Some(&3) {
+                self.cookie_replies += 1;
+            }
             pl.node.handle_datagram(Route::Direct(from), data, now);
         } else if matches!(class, PacketClass::Stun | PacketClass::ChannelData) {
             if let Some(probe) = &mut pl.probe {

@@ -608,3 +608,311 @@ fn game_packets_overtake_bulk_both_ways_and_are_flagged_for_dscp() {
     pair.a.handle_tun_packet(&game, pair.now);
     assert!(!pair.a.poll_transmit().expect("queued").priority);
 }
+
+// Handshake floods (issue 17, point 4; see `guard`).
+
+/// A stranger's WireGuard engine aimed at `node`: its initiations carry a valid MAC1 (the
+/// cheap check passes) but a key that is no party member, so each one that gets through
+/// costs the node a Diffie-Hellman and then counts as `dropped_unknown_peer`.
+struct Forger {
+    tunn: Tunn,
+    src: SocketAddr,
+}
+
+impl Forger {
+    fn new(node: &Node, src: SocketAddr, seed: u64) -> Self {
+        let mut seed_bytes = [0u8; 32];
+        seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        seed_bytes[8] = 0xF0; // never one of the pair's keys ([1; 32], [2; 32])
+        let secret = StaticSecret::from(seed_bytes);
+        let public = PublicKey::from(&secret);
+        let tunn = Tunn::new_with_rng(
+            secret,
+            PublicKey::from(*node.public_key().as_bytes()),
+            None,
+            None,
+            IndexTable::from_rng(StdRng::seed_from_u64(seed)),
+            Arc::new(RateLimiter::new(&public, u64::MAX)),
+            StdRng::seed_from_u64(seed),
+        );
+        Self { tunn, src }
+    }
+
+    /// A fresh initiation (with the MAC2 of a cookie, once one was taken).
+    fn init(&mut self) -> Vec<u8> {
+        let init = self
+            .tunn
+            .format_handshake_initiation(true)
+            .expect("an initiation is always made when forced");
+        let bytes: Packet = WgKind::HandshakeInit(init).into();
+        AsRef::<[u8]>::as_ref(&bytes).to_vec()
+    }
+
+    /// Hands a cookie reply the node sent to this forger's address to its engine.
+    fn take_cookie(&mut self, reply: &[u8]) {
+        let wg = Packet::from_bytes(BytesMut::from(reply))
+            .try_into_wg()
+            .expect("a WireGuard message");
+        assert!(matches!(wg, WgKind::CookieReply(_)), "not a cookie reply");
+        let r = self.tunn.handle_incoming_packet(wg);
+        assert!(matches!(r, TunnResult::Done), "cookie refused: {r:?}");
+    }
+}
+
+fn forged_src(i: u32) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::from(0xC633_0000 | i).into(), 40_000) // 198.51.0.0/16
+}
+
+/// `n` forged initiations (valid MAC1, unknown keys), each from its own source address.
+fn forgers(node: &Node, n: u32) -> Vec<Forger> {
+    (0..n)
+        .map(|i| Forger::new(node, forged_src(i), u64::from(i) + 1000))
+        .collect()
+}
+
+/// Cookie replies `node` sent since the last call, by destination.
+fn cookie_replies(node: &mut Node) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(t) = node.poll_transmit() {
+        if t.payload.first() == Some(&3) {
+            out.push((t.dst.peer_addr(), t.payload));
+        }
+    }
+    out
+}
+
+#[test]
+fn past_a_hundred_handshakes_a_second_from_anywhere_the_node_demands_cookies_for_a_second() {
+    let mut pair = Pair::new(Duration::from_millis(1));
+    let t0 = pair.now;
+    let mut f = forgers(&pair.b, 150);
+    // 100 initiations from 100 addresses in one second: each is processed (a DH each).
+    for (i, forger) in f.iter_mut().take(100).enumerate() {
+        let now = t0 + Duration::from_millis(i as u64 * 9);
+        let init = forger.init();
+        pair.b
+            .handle_datagram(Route::Direct(forger.src), &init, now);
+    }
+    let c = pair.b.counters();
+    assert_eq!(c.dropped_unknown_peer, 100, "{c:?}");
+    assert_eq!(c.handshakes_cookied, 0, "{c:?}");
+    assert!(!pair.b.under_load(t0 + Duration::from_millis(900)));
+    // The 101st in that second, from a new address: cookie reply, no DH. No single
+    // address sent more than one: a per-address limit never would have tripped.
+    let now = t0 + Duration::from_millis(950);
+    let init = f[100].init();
+    pair.b
+        .handle_datagram(Route::Direct(f[100].src), &init, now);
+    let c = pair.b.counters();
+    assert_eq!(
+        (c.dropped_unknown_peer, c.handshakes_cookied),
+        (100, 1),
+        "{c:?}"
+    );
+    assert!(pair.b.under_load(now));
+    let replies = cookie_replies(&mut pair.b);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(
+        replies[0].0, f[100].src,
+        "the cookie goes to the sender's address"
+    );
+    // Still under load just under a second later, even in a quiet new window…
+    let now = t0 + Duration::from_millis(1_900);
+    let init = f[101].init();
+    pair.b
+        .handle_datagram(Route::Direct(f[101].src), &init, now);
+    assert_eq!(pair.b.counters().handshakes_cookied, 2);
+    // …and no longer a second after the last window that went past the threshold.
+    let now = t0 + Duration::from_millis(1_951);
+    assert!(!pair.b.under_load(now));
+    let init = f[102].init();
+    pair.b
+        .handle_datagram(Route::Direct(f[102].src), &init, now);
+    let c = pair.b.counters();
+    assert_eq!(
+        (c.dropped_unknown_peer, c.handshakes_cookied),
+        (101, 2),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn one_address_rekeying_for_hours_never_accumulates_into_cookies() {
+    // Eight friends behind one public IP, each rekeying every two minutes with this node,
+    // for ten hours: 2 400 handshakes from one address, far past gotatun's 100. Nothing
+    // else runs (no `handle_timeout`, so not even gotatun's own timers reset its counts).
+    let mut pair = Pair::new(Duration::from_millis(1));
+    let t0 = pair.now;
+    let mut friends: Vec<Forger> = (0..8)
+        .map(|i| {
+            let src = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 2).into(), 40_000 + i);
+            Forger::new(&pair.b, src, u64::from(i) + 1)
+        })
+        .collect();
+    let mut sent = 0;
+    for round in 0..300u64 {
+        for (i, f) in friends.iter_mut().enumerate() {
+            let now = t0 + Duration::from_secs(round * 120) + Duration::from_millis(i as u64 * 15);
+            let init = f.init();
+            pair.b.handle_datagram(Route::Direct(f.src), &init, now);
+            sent += 1;
+        }
+    }
+    let c = pair.b.counters();
+    assert_eq!(sent, 2_400);
+    assert_eq!(c.handshakes_cookied, 0, "{c:?}");
+    assert_eq!(c.handshakes_dropped, 0, "{c:?}");
+    assert_eq!(
+        c.dropped_unknown_peer, 2_400,
+        "every one was processed: {c:?}"
+    );
+}
+
+#[test]
+fn under_load_one_address_with_a_cookie_gets_twenty_a_second_after_a_burst_of_five() {
+    let mut pair = Pair::new(Duration::from_millis(1));
+    let t0 = pair.now;
+    // 101 junk handshake-shaped datagrams (bad MAC1) put the node under load: they are
+    // counted, refused by one hash each, and cost no DH.
+    let junk = {
+        let mut d = vec![0x55u8; 148];
+        d[..4].copy_from_slice(&[1, 0, 0, 0]);
+        d
+    };
+    for i in 0..101 {
+        pair.b
+            .handle_datagram(Route::Direct(forged_src(5_000 + i)), &junk, t0);
+    }
+    assert!(pair.b.under_load(t0));
+    assert_eq!(pair.b.counters().dropped_invalid, 101);
+    let mut f = Forger::new(&pair.b, forged_src(1), 1);
+    let init = f.init();
+    pair.b.handle_datagram(Route::Direct(f.src), &init, t0);
+    let replies = cookie_replies(&mut pair.b);
+    assert_eq!(replies.len(), 1);
+    f.take_cookie(&replies[0].1);
+    // With the cookie: a burst of five, then one per 50 ms.
+    for _ in 0..10 {
+        let init = f.init();
+        pair.b.handle_datagram(Route::Direct(f.src), &init, t0);
+    }
+    let c = pair.b.counters();
+    assert_eq!(
+        (c.dropped_unknown_peer, c.handshakes_dropped),
+        (5, 5),
+        "{c:?}"
+    );
+    assert_eq!(c.handshakes_cookied, 1, "the cookie was accepted: {c:?}");
+    let now = t0 + Duration::from_millis(50);
+    for _ in 0..2 {
+        let init = f.init();
+        pair.b.handle_datagram(Route::Direct(f.src), &init, now);
+    }
+    let c = pair.b.counters();
+    assert_eq!(
+        (c.dropped_unknown_peer, c.handshakes_dropped),
+        (6, 6),
+        "{c:?}"
+    );
+    // The same cookie from another port of the address is not valid (it covers IP and
+    // port): a cookie reply again.
+    let other = SocketAddr::new(f.src.ip(), 40_001);
+    let init = f.init();
+    pair.b.handle_datagram(Route::Direct(other), &init, now);
+    assert_eq!(pair.b.counters().handshakes_cookied, 2);
+}
+
+#[test]
+fn at_most_two_hundred_handshakes_a_second_reach_the_diffie_hellman() {
+    let mut pair = Pair::new(Duration::from_millis(1));
+    let t0 = pair.now;
+    // 300 addresses that each obtained a cookie (they receive at their addresses), all
+    // sending within one second: the per-address buckets let each through, the DH budget
+    // does not.
+    let mut f = forgers(&pair.b, 300);
+    for forger in &mut f {
+        let init = forger.init();
+        pair.b.handle_datagram(Route::Direct(forger.src), &init, t0);
+    }
+    let c = pair.b.counters();
+    assert_eq!(
+        (c.dropped_unknown_peer, c.handshakes_cookied),
+        (100, 200),
+        "{c:?}"
+    );
+    for (to, reply) in cookie_replies(&mut pair.b) {
+        let forger = f.iter_mut().find(|x| x.src == to).expect("a forger");
+        forger.take_cookie(&reply);
+    }
+    let now = t0 + Duration::from_millis(10);
+    for forger in &mut f {
+        let init = forger.init();
+        pair.b
+            .handle_datagram(Route::Direct(forger.src), &init, now);
+    }
+    // This window: 100 processed before the load began, then 100 more of those with a
+    // cookie; the other 100 with a cookie and the 100 without are not processed.
+    let c = pair.b.counters();
+    assert_eq!(c.dropped_unknown_peer, 200, "{c:?}");
+    assert_eq!(c.handshakes_dropped, 100, "{c:?}");
+    assert_eq!(c.handshakes_cookied, 300, "{c:?}");
+    // The next second has a fresh budget.
+    let now = t0 + Duration::from_millis(1_005);
+    for forger in f.iter_mut().skip(200) {
+        let init = forger.init();
+        pair.b
+            .handle_datagram(Route::Direct(forger.src), &init, now);
+    }
+    assert_eq!(pair.b.counters().dropped_unknown_peer, 300);
+}
+
+#[test]
+fn a_real_peer_connects_while_forged_initiations_flood_in_from_many_addresses() {
+    let mut pair = Pair::new(Duration::from_millis(5));
+    let ka = pair.a.public_key();
+    // 150 sources, 14 000 initiations a second (the flood the issue measured), for 10 s of
+    // virtual time; A starts talking to B a second into it.
+    let pool: Vec<(SocketAddr, Vec<u8>)> = forgers(&pair.b, 150)
+        .into_iter()
+        .flat_map(|mut f| {
+            let src = f.src;
+            [(src, f.init()), (src, f.init())]
+        })
+        .collect();
+    let t0 = pair.now;
+    let mut next = 0usize;
+    let mut connected_at = None;
+    let mut dropped_before = None;
+    for ms in 0..10_000u64 {
+        if ms == 1_000 {
+            dropped_before = Some(pair.b.counters().dropped_unknown_peer);
+            pair.a_sends(b"hello under fire");
+        }
+        let now = t0 + Duration::from_millis(ms);
+        for _ in 0..14 {
+            let (src, init) = &pool[next % pool.len()];
+            next += 1;
+            pair.b.handle_datagram(Route::Direct(*src), init, now);
+        }
+        // Cookie replies to the spoofed addresses go nowhere.
+        while let Some(t) = pair.b.poll_transmit() {
+            if t.dst == Route::Direct(pair.a_addr) {
+                pair.in_flight.push((now + pair.delay, pair.b_addr, t));
+            }
+        }
+        pair.drive(Duration::from_millis(1));
+        if connected_at.is_none() && pair.b.has_session(&ka) {
+            connected_at = Some(ms);
+        }
+    }
+    let c = pair.b.counters();
+    // Only the first 100 of the flood ever reached the DH; the rest got cookies.
+    assert_eq!(dropped_before, Some(100), "{c:?}");
+    assert_eq!(c.dropped_unknown_peer, 100, "{c:?}");
+    assert!(c.handshakes_cookied > 130_000, "{c:?}");
+    // A was answered with a cookie, retried with it within its 1 s punching interval, and
+    // got through; its packet followed.
+    let at = connected_at.expect("A never got a session with B during the flood");
+    assert!(at <= 2_500, "connected only at {at} ms");
+    assert!(pair.b_tun.iter().any(|p| p.ends_with(b"hello under fire")));
+}

@@ -194,6 +194,14 @@ async fn snapshot(st: &ApiState) -> Vec<Utf8Bytes> {
 /// it changes, `sample` every second and `lan_events` as broadcasts pass. Messages are
 /// `{"type", "data"}` (the `Event` schema).
 #[utoipa::path(get, path = "/api/v1/events", tag = "status",
+    // The WebSocket handshake (RFC 6455 §4.1): without these headers it is a 400.
+    params(
+        ("connection" = String, Header, description = "a list with `Upgrade` in it",
+            pattern = "^(?:.*,)?[ \\t]*[Uu][Pp][Gg][Rr][Aa][Dd][Ee][ \\t]*(?:,.*)?$"),
+        ("upgrade" = String, Header, description = "`websocket`", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("sec-websocket-version" = String, Header, description = "`13`", pattern = "^13$"),
+        ("sec-websocket-key" = String, Header, description = "16 random bytes in base64 (any value is taken)"),
+    ),
     responses((status = 101, description = "WebSocket of `Event` messages"),
         (status = 400, description = "not a WebSocket upgrade", body = lanrage_proto::local::LocalError)))]
 pub(super) async fn events(

@@ -207,7 +207,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
                 "invalid request body: expected a JSON object {…}",
             ));
         }
-        serde_path_to_error::deserialize(value)
+        serde_path_to_error::deserialize(integral_numbers(value))
             .map(Body)
             .map_err(|e| {
                 let path = e.path().to_string();
@@ -219,6 +219,34 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
                 };
                 error(400, "bad_request", message)
             })
+    }
+}
+
+/// JSON has one number type: `2.0` is the integer 2 (JSON Schema says so too), but serde
+/// would refuse it for an integer field. Whole numbers become integers before the fields
+/// are read; anything with a fraction stays as it is (and is refused where an integer is
+/// expected).
+fn integral_numbers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            // Only where f64 is exact, so no value changes on the way.
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                }
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integral_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, integral_numbers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -260,6 +288,14 @@ const ERRORS: &str = "JSON `{\"error\": {\"code\", \"message\"}}`";
         (status = "4XX", description = ERRORS, body = ErrorBody),
         (status = 502, description = "the control plane cannot be reached", body = ErrorBody)))]
 pub(super) async fn create(State(st): State<ApiState>, Body(req): Body<CreateRequest>) -> Response {
+    let checked = lanrage_proto::local::check_name(&req.name, 64, "name").and_then(|()| {
+        req.player_name
+            .as_deref()
+            .map_or(Ok(()), |n| check_player_name(n).map(drop))
+    });
+    if let Err(message) = checked {
+        return error(400, "bad_request", message);
+    }
     ask(&st, |tx| Command::Create(req, tx)).await
 }
 
@@ -270,6 +306,16 @@ pub(super) async fn create(State(st): State<ApiState>, Body(req): Body<CreateReq
         (status = "4XX", description = "invite_invalid, invite_expired, party_full, party_locked, …", body = ErrorBody),
         (status = 502, description = "the control plane cannot be reached", body = ErrorBody)))]
 pub(super) async fn join(State(st): State<ApiState>, Body(req): Body<JoinRequest>) -> Response {
+    if let Err(e) = lanrage_proto::InviteCode::check_shape(&req.invite) {
+        return error(
+            400,
+            "invite_invalid",
+            format!("{e}; copy the whole code the host shared (it starts with lr1-)"),
+        );
+    }
+    if let Some(Err(message)) = req.player_name.as_deref().map(check_player_name) {
+        return error(400, "bad_request", message);
+    }
     ask(&st, |tx| Command::Join(req.invite, req.player_name, tx)).await
 }
 
@@ -426,17 +472,9 @@ pub(super) async fn patch_settings(
 }
 
 /// The control plane's rule: 1 to 32 characters, no control characters.
-fn check_player_name(raw: &str) -> Result<String, String> {
-    let name = raw.trim();
-    let len = name.chars().count();
-    if len == 0 || len > 32 {
-        return Err(format!(
-            "player_name: must be 1 to 32 characters, not {len}"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("player_name: must not contain control characters".into());
-    }
+/// A player name as the document describes it (no trimming: what is sent is what counts).
+fn check_player_name(name: &str) -> Result<String, String> {
+    lanrage_proto::local::check_name(name, 32, "player_name")?;
     Ok(name.to_owned())
 }
 
@@ -508,8 +546,11 @@ pub(super) async fn quality(State(st): State<ApiState>) -> Json<Quality> {
 
 /// Which window of history to answer for.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WindowQuery {
-    /// `5m`, `1h`, `24h` (or seconds, or `Nd`, up to 30 days); default `5m`.
+    /// `5m`, `1h`, `24h` (or seconds, or `Nd`); default `5m`. Longer than the 30 days kept
+    /// answers those 30 days.
+    #[param(pattern = "^[1-9][0-9]{0,6}[smhd]?$")]
     window: Option<String>,
 }
 
@@ -527,11 +568,7 @@ pub(super) async fn quality_history(
         Err(e) => return error(400, "bad_request", e.body_text()),
     };
     let Some(secs) = crate::metrics::parse_window(window.as_deref().unwrap_or("5m")) else {
-        return error(
-            400,
-            "bad_window",
-            "window must be like 5m, 1h or 24h (at most 30d)",
-        );
+        return error(400, "bad_window", "window must be like 5m, 1h or 24h");
     };
     let status = build_status(&st).await;
     let now = crate::games::now_ms() / 1000;
@@ -550,6 +587,8 @@ pub(super) async fn metrics(State(st): State<ApiState>) -> Response {
         peers: &dp.peers,
         lan: lan.as_ref(),
         dropped_spoofed: dp.dropped_spoofed,
+        handshakes_cookied: dp.wg_counters.handshakes_cookied,
+        handshakes_dropped: dp.wg_counters.handshakes_dropped,
         store_transactions: writes.transactions(),
         store_failures: writes.failures(),
         series: st.metrics.footprint().await,

@@ -535,6 +535,14 @@ async fn settings_are_validated_field_by_field_saved_and_applied() {
         (json!({"player_name": 7}), "player_name"),
         (json!({"player_name": ""}), "player_name"),
         (json!({"player_name": "x".repeat(33)}), "player_name"),
+        // The document says: no space at either end (the CLI and web UI trim for you).
+        (json!({"player_name": "  alice "}), "player_name"),
+        // An object where the document says object, not serde's array form of one.
+        (json!({"lan": [null, null]}), "lan"),
+        (
+            json!({"lan": {"rate_packets_per_s": 1.5}}),
+            "lan.rate_packets_per_s",
+        ),
         (json!({"lan": {"ports": [0]}}), "lan.ports"),
         (json!({"lan": {"ports": ["a"]}}), "lan.ports"),
         (json!({"lan": {"groups": ["10.1.2.3"]}}), "lan.groups"),
@@ -567,7 +575,8 @@ async fn settings_are_validated_field_by_field_saved_and_applied() {
         &http,
         reqwest::Method::PATCH,
         &url,
-        Some(json!({"player_name": "  alice ", "lan": {"ports": [27960, 7777], "groups": ["239.9.9.9"], "rate_packets_per_s": 40}})),
+        // 40.0 is the integer 40 in JSON (and in JSON Schema).
+        Some(json!({"player_name": "alice", "lan": {"ports": [27960, 7777], "groups": ["239.9.9.9"], "rate_packets_per_s": 40.0}})),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{s}");
