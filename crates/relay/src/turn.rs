@@ -343,7 +343,13 @@ impl Server {
         let owners: Vec<Owner> = self
             .allocations
             .iter()
-            .filter(|(_, a)| a.user == user)
+            // Only allocations made with the revoked credentials: a member who came back
+            // holds newer ones (expiring after `until_unix`) and keeps its relay.
+            .filter(|(_, a)| {
+                a.user == user
+                    && turn::parse_rest_username(&a.username)
+                        .is_none_or(|(expiry, _)| expiry <= until_unix)
+            })
             .map(|(o, _)| *o)
             .collect();
         for owner in &owners {

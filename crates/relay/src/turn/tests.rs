@@ -659,6 +659,10 @@ fn revoked_users_lose_their_allocations_and_credentials() {
         turn::rest_credentials(SECRET, "kicked.p", UNIX + 3601),
     );
     assert_eq!(back.allocate(&mut s), 0);
+    // Hearing the same revocation again (the next heartbeat) leaves the newer allocation.
+    s.revoke("kicked.p", UNIX + 3600);
+    assert_eq!(s.allocations(), 2);
+    assert_eq!(back.permit(&mut s, ip("192.0.2.2")), 0);
     // Revocations are forgotten once they end: a later one prunes it.
     assert_eq!(s.revoked.len(), 1);
     s.unix = UNIX + 3601;
