@@ -524,6 +524,10 @@ impl Drop for Lab {
 pub struct Netns(String);
 
 impl Netns {
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
     pub fn new(name: &str) -> Self {
         let _ = run(Command::new("ip").args(["netns", "del", name]));
         must(Command::new("ip").args(["netns", "add", name]));

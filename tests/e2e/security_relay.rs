@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{BIN, run, wait_for};
+use crate::harness::{BIN, Netns, must, run, wait_for};
 use crate::natlab::{Nat, NatLab, SRV1, SRV2};
 
 const TURNPROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/turnprobe.py");
@@ -68,7 +68,7 @@ fn spawn_listener(
     let log = lab.dir.path().join(format!("{name}.log"));
     let file = std::fs::File::create(&log).expect("log");
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.ns(ns), "python3", TURNPROBE, "listen"]);
+    cmd.args(["netns", "exec", ns, "python3", TURNPROBE, "listen"]);
     for b in binds {
         cmd.args(["--bind", b]);
     }
@@ -105,6 +105,44 @@ fn turnprobe(lab: &NatLab, ns: &str, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("turnprobe JSON")
+}
+
+/// A network beside the relay's host, as its operator's LAN or a cloud's metadata service
+/// would be: a namespace on a veth from the relay's namespace holding `ips`, routed from
+/// the relay's side. (Not on the relay host itself: the relay's own addresses are refused
+/// whatever `--allow-peer` says.)
+fn network_beside_relay(lab: &NatLab, ips: &[&str]) -> Netns {
+    let name = format!("{}-lan", lab.ns("srv"));
+    let ns = Netns::new(&name);
+    let srv = lab.ns("srv");
+    must(Command::new("ip").args([
+        "-n", &srv, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &name,
+    ]));
+    must(Command::new("ip").args(["-n", &srv, "link", "set", "lan0", "up"]));
+    must(Command::new("ip").args(["-n", &name, "link", "set", "eth0", "up"]));
+    for ip in ips {
+        must(Command::new("ip").args([
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "eth0",
+        ]));
+        must(Command::new("ip").args([
+            "-n",
+            &srv,
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "lan0",
+        ]));
+    }
+    // Answers go back to whoever asked, on the link.
+    must(Command::new("ip").args(["-n", &name, "route", "add", "default", "dev", "eth0"]));
+    ns
 }
 
 fn read(path: &Path) -> String {
@@ -152,26 +190,26 @@ fn a_member_cannot_relay_into_special_use_ranges() {
         "172.16.0.5",
         "192.168.77.2",
     ];
-    for ip in special {
-        lab.x(
-            "srv",
-            &["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"],
-        );
-    }
+    let beside = network_beside_relay(&lab, &special);
     // The relay's own addresses: 127.0.0.1, its other listen IP and its relay IP.
-    let targets: Vec<String> = special
-        .iter()
-        .copied()
-        .chain(["127.0.0.1", SRV2, SRV1])
-        .map(|ip| format!("{ip}:{PORT}"))
-        .collect();
-    let inside = spawn_listener(&lab, &mut procs, "srv", "inside", &targets);
+    let own = ["127.0.0.1", SRV2, SRV1];
+    let at_port =
+        |ips: &[&str]| -> Vec<String> { ips.iter().map(|ip| format!("{ip}:{PORT}")).collect() };
+    let targets: Vec<String> = at_port(&special).into_iter().chain(at_port(&own)).collect();
+    let inside = spawn_listener(
+        &lab,
+        &mut procs,
+        beside.name(),
+        "inside",
+        &at_port(&special),
+    );
+    let itself = spawn_listener(&lab, &mut procs, &lab.ns("srv"), "itself", &at_port(&own));
     // A public peer: the internet router's address in a documentation range.
     let public = format!("198.51.100.1:{PORT}");
     let outside = spawn_listener(
         &lab,
         &mut procs,
-        "inet",
+        &lab.ns("inet"),
         "outside",
         std::slice::from_ref(&public),
     );
@@ -214,6 +252,7 @@ fn a_member_cannot_relay_into_special_use_ranges() {
     );
     assert!(read(&outside).contains(&format!("\"from\": \"{relayed}\"")));
     assert_eq!(received(&inside), BTreeMap::new(), "{}", read(&inside));
+    assert_eq!(received(&itself), BTreeMap::new(), "{}", read(&itself));
 
     // An operator opens 10.77.0.0/24 on a second relay: that range, and only it, works.
     let open = spawn_relay(
@@ -271,6 +310,7 @@ fn a_member_cannot_relay_into_special_use_ranges() {
         "{}",
         read(&inside)
     );
+    assert_eq!(received(&itself), BTreeMap::new(), "{}", read(&itself));
     for log in [&relay, &open] {
         assert_eq!(alarms(log), Vec::<String>::new());
     }

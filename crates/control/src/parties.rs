@@ -263,6 +263,9 @@ impl Service {
         // is used up, every join from there waits, right secret or not, so guessing
         // learns nothing faster than the quota.
         let ip = client_key(ip);
+        // Checked and spent under the write lock, which joins take one at a time: parallel
+        // guesses cannot all pass the check before any of them spends.
+        let _w = self.writes.lock().await;
         let clock = Instant::now();
         self.quotas
             .invite_party_ip
@@ -275,7 +278,6 @@ impl Service {
             tracing::debug!(party = %id, "join refused: unknown party or wrong secret");
             invite_refused()
         };
-        let _w = self.writes.lock().await;
         let now = now_ms();
         let mut tx = self.store.write().await?;
         let Some(party) = store::get_party(&mut tx, &id).await? else {

@@ -366,6 +366,7 @@ async fn invite(
 async fn ws(
     State(svc): Svc,
     Device(d): Device,
+    slot: Option<axum::Extension<crate::server::ConnectionSlot>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // axum's own rejection is a bare text body; answer in our error shape like every route.
@@ -375,7 +376,14 @@ async fn ws(
     let span = tracing::Span::current();
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| run_socket(svc, d, socket).instrument(span)))
+        .on_upgrade(move |socket| {
+            async move {
+                // Counted against the client's address for as long as the socket is open.
+                let _slot = slot;
+                run_socket(svc, d, socket).await;
+            }
+            .instrument(span)
+        }))
 }
 
 async fn run_socket(svc: Arc<Service>, device: lanrage_proto::DeviceKey, socket: WebSocket) {

@@ -98,11 +98,15 @@ async fn serve_connection(
     router: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 ) {
+    // A WebSocket outlives this function (hyper hands the socket over on upgrade): the
+    // route holds a clone, so the connection counts against its address until it closes.
+    let slot = ConnectionSlot(Arc::new(guard));
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         // What `ConnectInfo` extractors (and the per-address quotas) read.
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(slot.clone());
         let mut router = router.clone();
         async move { router.call(req).await }
     });
@@ -133,6 +137,11 @@ async fn serve_connection(
         tracing::trace!(%peer, error = %e, "connection ended with an error");
     }
 }
+
+/// A connection's place under its address's cap, shared with whatever outlives the
+/// request (an upgraded WebSocket); freed when the last holder drops it.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<ConnGuard>);
 
 /// One open connection counted against its client's address; uncounted on drop.
 struct ConnGuard {

@@ -283,7 +283,7 @@ pub fn unknown_required(datagram: &[u8], known: &[u16]) -> Vec<u16> {
 }
 
 /// A 420 (Unknown Attribute) Binding error response listing `attributes` (RFC 8489
-/// §14.8): at most 36 bytes, so never much more than the request that named them.
+/// §14.8): at most 40 bytes (four attributes), so never much more than the request that named them.
 pub fn unknown_attributes(txid: [u8; 12], attributes: &[u16]) -> Vec<u8> {
     let listed = &attributes[..attributes.len().min(MAX_UNKNOWN_LISTED)];
     let mut out = header(0x0111, &MAGIC_COOKIE, &txid);

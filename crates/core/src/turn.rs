@@ -421,6 +421,11 @@ impl TurnClient {
         self.mapped
     }
 
+    /// The credentials requests are signed with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
     /// New credentials, used from the next request on.
     pub fn set_credentials(&mut self, creds: Credentials) {
         self.creds = creds;

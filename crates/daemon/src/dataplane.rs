@@ -90,7 +90,7 @@ enum Command {
         peers: Vec<PeerConfig>,
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
-    /// Remove every peer and the TUN.
+    /// Remove every peer, the relay allocations and the TUN.
     Clear {
         reply: oneshot::Sender<()>,
     },
@@ -734,6 +734,19 @@ impl Task {
             let Some((_, creds)) = self.offered_turn.iter().find(|(a, _)| *a == addr) else {
                 continue;
             };
+            // Credentials of another user id (another party's membership): the old
+            // allocation was revoked with that membership, so allocate afresh.
+            let user = |c: &Credentials| {
+                lanrage_core::turn::parse_rest_username(&c.username).map(|(_, id)| id.to_owned())
+            };
+            if let Some(i) = self
+                .turn
+                .iter()
+                .position(|t| t.server() == addr && user(t.credentials()) != user(creds))
+            {
+                tracing::debug!(relay = %addr, "new membership: a new relay allocation");
+                self.turn.swap_remove(i);
+            }
             match self.turn.iter_mut().find(|t| t.server() == addr) {
                 Some(t) => t.set_credentials(creds.clone()),
                 None => {
@@ -873,6 +886,10 @@ impl Task {
                 }
                 self.node.set_local(None);
                 self.spare.clear();
+                // Relay credentials belong to the membership that ended (the relay has
+                // revoked them); the next party brings its own.
+                self.offered_turn.clear();
+                self.turn.clear();
                 self.tun = None; // closing the descriptor deletes the interface
                 let _ = reply.send(());
             }

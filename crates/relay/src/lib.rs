@@ -32,7 +32,7 @@ use tokio::net::UdpSocket;
 /// clients test their NAT's filtering. A change this relay cannot make is not answered.
 ///
 /// RFC 8489 §6.3.1: a request with a FINGERPRINT that does not match is dropped, one with
-/// an unknown comprehension-required attribute gets 420 (at most 36 bytes). A classic RFC
+/// an unknown comprehension-required attribute gets 420 (at most 40 bytes). A classic RFC
 /// 3489 request gets MAPPED-ADDRESS and CHANGED-ADDRESS (RFC 5389 §12.2), never sent
 /// anywhere but back to its source (RESPONSE-ADDRESS is not honoured: a reflector).
 pub fn answer(
@@ -350,25 +350,23 @@ impl Relay {
     }
 }
 
-/// The relay's own addresses for the peer filter: its listen addresses, with an
-/// unspecified one (0.0.0.0, ::) replaced by every address of the host's interfaces, since
-/// the relay then answers on all of them.
+/// The relay's own addresses for the peer filter: its listen addresses and every address
+/// of the host's interfaces at start, so a multi-homed relay (or one listening on 0.0.0.0)
+/// cannot be made to reach services on any address of its own host.
 fn own_addresses(listen: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut own: Vec<SocketAddr> = listen.to_vec();
-    if listen.iter().any(|a| a.ip().is_unspecified()) {
-        match nix::ifaddrs::getifaddrs() {
-            Ok(ifaces) => own.extend(ifaces.filter_map(|i| {
-                let a = i.address?;
-                let ip: IpAddr = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
-                    (Some(v4), _) => v4.ip().into(),
-                    (_, Some(v6)) => v6.ip().into(),
-                    _ => return None,
-                };
-                Some(SocketAddr::new(ip, 0))
-            })),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the host's addresses; only the listen and relay IPs are refused as peers")
-            }
+    match nix::ifaddrs::getifaddrs() {
+        Ok(ifaces) => own.extend(ifaces.filter_map(|i| {
+            let a = i.address?;
+            let ip: IpAddr = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => v4.ip().into(),
+                (_, Some(v6)) => v6.ip().into(),
+                _ => return None,
+            };
+            Some(SocketAddr::new(ip, 0))
+        })),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the host's addresses; only the listen and relay IPs are refused as peers")
         }
     }
     own

@@ -196,6 +196,10 @@ struct Allocation {
     channels: HashMap<u16, (SocketAddr, Instant)>,
     by_peer: HashMap<SocketAddr, u16>,
     bucket: Bucket,
+    /// The port this allocation's EVEN-PORT R bit holds for a later Allocate: it lives with
+    /// the allocation, so releasing allocations cannot pile up reserved ports outside
+    /// every quota.
+    reserved: Option<u64>,
 }
 
 impl Allocation {
@@ -578,6 +582,9 @@ impl Server {
         if let Some(a) = self.allocations.remove(&owner) {
             self.by_relay.remove(&a.relay);
             self.free.insert(a.relay);
+            if let Some((held, _)) = a.reserved.and_then(|t| self.reservations.remove(&t)) {
+                self.free.insert(held);
+            }
             self.usage.remove(&a.user, owner.0.ip());
             if self.usage.of_user(&a.user) == 0 {
                 self.user_buckets.remove(&a.user);
@@ -711,6 +718,7 @@ impl Server {
                 channels: HashMap::new(),
                 by_peer: HashMap::new(),
                 bucket: Bucket::full(self.config.rate_bytes_per_sec),
+                reserved,
             },
         );
         self.by_relay.insert(relay, owner);
@@ -774,12 +782,18 @@ impl Server {
         Some((relay, Some(token)))
     }
 
-    /// The caller's allocation, if the request carries the credentials that made it
-    /// (RFC 8656 §5: 441 otherwise).
+    /// The caller's allocation, if the request carries credentials of the user that made
+    /// it (RFC 8656 §5: 441 otherwise). TURN REST usernames carry their expiry, and clients
+    /// renew credentials long before an allocation ends, so a renewed credential of the
+    /// same user id is that user's: the allocation takes it on (a later revocation then
+    /// judges the newest expiry).
     fn owned(&mut self, owner: Owner, auth: &Authed) -> Result<&mut Allocation, u16> {
         let a = self.allocations.get_mut(&owner).ok_or(437u16)?;
-        if a.username != auth.username {
+        if a.user != auth.user {
             return Err(441);
+        }
+        if a.username != auth.username {
+            a.username.clone_from(&auth.username);
         }
         Ok(a)
     }

@@ -140,6 +140,10 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "IPv4-mapped (::ffff:0:0/96)"
     } else if seg[..6] == [0; 6] {
         "IPv4-compatible (::/96)"
+    } else if seg[..3] == [0x64, 0xff9b, 1] {
+        // RFC 8215: a NAT64 prefix for the operator's own translators, which reach
+        // whatever IPv4 they were set up for (often private networks).
+        "local-use NAT64 (64:ff9b:1::/48)"
     } else if seg[0] & 0xfe00 == 0xfc00 {
         "unique local (fc00::/7)"
     } else if seg[0] & 0xffc0 == 0xfe80 {
@@ -151,12 +155,17 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
-/// The IPv4 address inside an IPv4-mapped or IPv4-compatible IPv6 address.
+/// The IPv4 address inside an IPv4-mapped or IPv4-compatible IPv6 address, or behind the
+/// well-known NAT64 prefix (RFC 6052 `64:ff9b::/96`: a relay on an IPv6 network with NAT64
+/// reaches that IPv4 address through it, so it is judged as that address).
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
     let seg = ip.segments();
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(Ipv4Addr::from(u32::from(seg[6]) << 16 | u32::from(seg[7])));
+    }
     (seg[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback())
         .then(|| Ipv4Addr::from(u32::from(seg[6]) << 16 | u32::from(seg[7])))
 }
@@ -305,6 +314,11 @@ mod tests {
             "febf::1",
             "ff02::1",
             "ff0e::1",
+            // NAT64 to the metadata service and a private host, and the local-use prefix.
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::a00:5",
+            "64:ff9b::1",
+            "64:ff9b:1::c000:202",
         ];
         for peer in refused {
             assert!(f.ip(ip(peer)).is_err(), "{peer} allowed");
@@ -335,7 +349,8 @@ mod tests {
             "2a00:1450::1",
             "fbff::1",
             "fec0::1",
-            "64:ff9b::1",
+            // NAT64 to a public IPv4 address.
+            "64:ff9b::cb00:710a",
         ];
         for peer in allowed {
             assert_eq!(f.ip(ip(peer)), Ok(()), "{peer} refused");

@@ -48,12 +48,29 @@ pub fn party_of(user: &str) -> String {
     }
 }
 
+/// What one client is, for the per-IP quota: an IPv4 address (also when it arrives
+/// IPv4-mapped on a dual-stack socket), or an IPv6 /64, which one host usually holds whole
+/// and could otherwise walk through a fresh address per allocation.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::from(seg)
+            }
+        },
+    }
+}
+
 impl Usage {
     /// Which limit one more allocation for `user` from `ip` would break, if any. The
     /// narrowest first, so the refusal names the client's own limit.
     pub fn check(&self, limits: &Limits, user: &str, ip: IpAddr) -> Result<(), Kind> {
         let user_n = self.user.get(user).copied().unwrap_or(0);
-        let ip_n = self.ip.get(&ip).copied().unwrap_or(0);
+        let ip_n = self.ip.get(&client_key(ip)).copied().unwrap_or(0);
         let party_n = self.party.get(&party_of(user)).copied().unwrap_or(0);
         if user_n >= limits.user {
             Err(Kind::User)
@@ -70,14 +87,14 @@ impl Usage {
 
     pub fn add(&mut self, user: &str, ip: IpAddr) {
         *self.user.entry(user.to_owned()).or_default() += 1;
-        *self.ip.entry(ip).or_default() += 1;
+        *self.ip.entry(client_key(ip)).or_default() += 1;
         *self.party.entry(party_of(user)).or_default() += 1;
         self.total += 1;
     }
 
     pub fn remove(&mut self, user: &str, ip: IpAddr) {
         decrement(&mut self.user, user.to_owned());
-        decrement(&mut self.ip, ip);
+        decrement(&mut self.ip, client_key(ip));
         decrement(&mut self.party, party_of(user));
         self.total = self.total.saturating_sub(1);
     }
@@ -171,5 +188,37 @@ mod tests {
         u.remove("d1.p", ip(1));
         assert_eq!(u.of_user("d1.p"), 0);
         assert!(!u.user.contains_key("d1.p"), "empty counts are dropped");
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_once_per_64() {
+        let limits = Limits {
+            user: 100,
+            ip: 2,
+            party: 100,
+            total: 100,
+        };
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let mut u = Usage::default();
+        u.add("d1.p", v6("2001:db8:1:2::1"));
+        u.add("d2.p", v6("2001:db8:1:2::2"));
+        // A fresh address in the same /64 is the same client.
+        assert_eq!(
+            u.check(&limits, "d3.p", v6("2001:db8:1:2:ffff::9")),
+            Err(Kind::Ip)
+        );
+        assert_eq!(u.check(&limits, "d3.p", v6("2001:db8:1:3::1")), Ok(()));
+        // IPv4-mapped is its IPv4 address.
+        u.add("d4.q", v6("::ffff:198.51.100.7"));
+        u.add("d5.q", IpAddr::from([198, 51, 100, 7]));
+        assert_eq!(
+            u.check(&limits, "d6.q", IpAddr::from([198, 51, 100, 7])),
+            Err(Kind::Ip)
+        );
+        u.remove("d4.q", v6("::ffff:198.51.100.7"));
+        assert_eq!(
+            u.check(&limits, "d6.q", IpAddr::from([198, 51, 100, 7])),
+            Ok(())
+        );
     }
 }

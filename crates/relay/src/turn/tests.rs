@@ -671,6 +671,28 @@ fn revoked_users_lose_their_allocations_and_credentials() {
 }
 
 #[test]
+fn renewed_credentials_of_the_same_user_keep_the_allocation_and_others_get_441() {
+    let mut s = server_on(Config::default(), &[listen()], 4);
+    let mut c = Raw::new("198.51.100.2:40000", "dev.p");
+    assert_eq!(c.allocate(&mut s), 0);
+    // The daemon renews its credentials every minute: a later expiry, the same user id.
+    c.creds = turn::rest_credentials(SECRET, "dev.p", UNIX + 7200);
+    let refresh = |c: &mut Raw, s: &mut Server| {
+        c.call(s, REFRESH, |m| {
+            m.add_attribute(Lifetime::from_u32(600));
+        })
+    };
+    assert_eq!(refresh(&mut c, &mut s), 0);
+    assert_eq!(c.permit(&mut s, ip("192.0.2.2")), 0);
+    // A revocation issued before the renewal does not cover the renewed credentials.
+    s.revoke("dev.p", UNIX + 3600);
+    assert_eq!(s.allocations(), 1);
+    // Another user's valid credentials on the same 5-tuple: 441 (RFC 8656 §5).
+    c.creds = turn::rest_credentials(SECRET, "other.p", UNIX + 3600);
+    assert_eq!(refresh(&mut c, &mut s), 441);
+}
+
+#[test]
 fn a_draining_relay_refuses_allocations_and_keeps_the_old_ones() {
     let mut s = server_on(Config::default(), &[listen()], 8);
     let mut old = Raw::new("198.51.100.2:40000", "old.p");
@@ -873,4 +895,17 @@ fn even_port_and_address_family_are_honoured() {
     assert_eq!(s.free_ports(), 0);
     s.handle_timeout(Instant::now() + Duration::from_secs(31));
     assert_eq!(s.free_ports(), 1);
+
+    // A reservation lives with its allocation: allocating and releasing in a loop cannot
+    // pile up reserved ports outside every quota.
+    let mut s = server_on(Config::default(), &[listen()], 4);
+    let (code, _, token) = allocate(&mut s, "198.51.100.8:1", &reserve);
+    assert_eq!((code, token.is_some()), (0, true));
+    assert_eq!(s.free_ports(), 2);
+    s.revoke("dev.198-51-100-8-1", UNIX + 3600);
+    assert_eq!(
+        s.free_ports(),
+        4,
+        "the port and its reservation are free again"
+    );
 }
