@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::harness::{Lab, run};
 
 /// Schemathesis's command (PyPI `schemathesis`; `.ci/run` installs it).
-const ST: &str = "st";
+const ST: &str = "schemathesis";
 
 #[test]
 fn the_local_api_takes_exactly_what_its_document_says() {
