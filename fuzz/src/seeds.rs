@@ -21,7 +21,7 @@ fn main() {
     let mut client = TurnClient::new(listen(), creds, 1, now);
     let mut script = Vec::new();
     let mut messages = Vec::new();
-    let mut pump = |client: &mut TurnClient, s: &mut lanrage_relay::turn::Server, script: &mut Vec<u8>, messages: &mut Vec<Vec<u8>>| {
+    let pump = |client: &mut TurnClient, s: &mut lanrage_relay::turn::Server, script: &mut Vec<u8>, messages: &mut Vec<Vec<u8>>| {
         while let Some(bytes) = client.poll_transmit() {
             script.extend(step(0, 0, &bytes));
             messages.push(bytes.clone());

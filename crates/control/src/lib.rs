@@ -108,9 +108,12 @@ impl Control {
         let store = store::Store::open(&config.database_url)
             .await
             .with_context(|| format!("opening control database {}", config.database_url))?;
-        Ok(Self {
-            inner: Arc::new(parties::Service::new(store, config)),
-        })
+        let inner = Arc::new(parties::Service::new(store, config));
+        inner
+            .restore_revocations()
+            .await
+            .context("reading the revoked relay credentials")?;
+        Ok(Self { inner })
     }
 
     /// The HTTP routes.

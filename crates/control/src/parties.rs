@@ -355,7 +355,8 @@ impl Service {
         self.member_party(&mut tx, &device, &id).await?;
         let view = self.remove_member(&mut tx, &id, &device).await?;
         tx.commit().await?;
-        self.after_removal(view, &id, &device, "left the party");
+        self.after_removal(view, &id, &device, "left the party")
+            .await;
         Ok(())
     }
 
@@ -391,7 +392,8 @@ impl Service {
         store::ban(&mut tx, &id, &target).await?;
         let view = self.remove_member(&mut tx, &id, &target).await?;
         tx.commit().await?;
-        self.after_removal(view.clone(), &id, &target, "kicked by the host");
+        self.after_removal(view.clone(), &id, &target, "kicked by the host")
+            .await;
         view.ok_or_else(ApiError::party_not_found)
     }
 
@@ -553,7 +555,8 @@ impl Service {
         tx.commit().await?;
         for (view, party, device) in removals {
             tracing::info!(%party, "member removed after five silent minutes");
-            self.after_removal(view, &party, &device, "silent for too long");
+            self.after_removal(view, &party, &device, "silent for too long")
+                .await;
         }
         for view in &views {
             self.push(view);
@@ -671,7 +674,7 @@ impl Service {
         Ok(Some(self.view_in(c, id).await?))
     }
 
-    fn after_removal(
+    async fn after_removal(
         &self,
         view: Option<PartyView>,
         id: &PartyId,
@@ -680,8 +683,13 @@ impl Service {
     ) {
         // Its relay credentials were for this membership; relays drop its allocations.
         let unix = u64::try_from(now_ms() / 1000).unwrap_or(0);
-        self.relays
+        let revocation = self
+            .relays
             .revoke(device, id, unix, self.config.ice.credential_ttl);
+        // Kept in the database too, so relays hear of it after a restart of this server.
+        if let Err(e) = self.remember(&revocation, unix).await {
+            tracing::warn!(error = %e, "revocation not saved; relays learn of it until this server restarts");
+        }
         self.hub.send(
             device,
             &ServerMessage::Removed {
@@ -692,6 +700,30 @@ impl Service {
         if let Some(view) = view {
             self.push(&view);
         }
+    }
+
+    async fn remember(&self, r: &lanrage_proto::api::Revocation, unix: u64) -> sqlx::Result<()> {
+        let mut tx = self.store.write().await?;
+        let (until, now) = (
+            i64::try_from(r.until).unwrap_or(i64::MAX),
+            i64::try_from(unix).unwrap_or(i64::MAX),
+        );
+        store::put_revocation(&mut tx, &r.user, until, now).await?;
+        tx.commit().await
+    }
+
+    /// Takes back the revocations still in force from the database (at start).
+    pub async fn restore_revocations(&self) -> sqlx::Result<()> {
+        let now = now_ms() / 1000;
+        let mut c = self.store.pool.acquire().await?;
+        let saved = store::revocations(&mut c, now).await?;
+        self.relays.restore(saved.into_iter().map(|(user, until)| {
+            lanrage_proto::api::Revocation {
+                user,
+                until: u64::try_from(until).unwrap_or(0),
+            }
+        }));
+        Ok(())
     }
 
     async fn view_in(&self, c: &mut SqliteConnection, id: &PartyId) -> Result<PartyView, ApiError> {

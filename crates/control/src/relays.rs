@@ -321,7 +321,13 @@ impl Relays {
 
     /// Revokes the credentials of `device` in `party` (it left or was removed) issued
     /// before Unix time `unix`; `ttl` is the credential lifetime.
-    pub fn revoke(&self, device: &DeviceKey, party: &PartyId, unix: u64, ttl: Duration) {
+    pub fn revoke(
+        &self,
+        device: &DeviceKey,
+        party: &PartyId,
+        unix: u64,
+        ttl: Duration,
+    ) -> Revocation {
         let revocation = Revocation {
             user: turn_user(device, party),
             until: unix + ttl.as_secs(),
@@ -345,7 +351,18 @@ impl Relays {
         }
         tracing::debug!(user = %revocation.user, until = revocation.until, "TURN credentials revoked");
         // No receiver (no relay in this process) is fine.
-        let _ = self.revocations.send(revocation);
+        let _ = self.revocations.send(revocation.clone());
+        revocation
+    }
+
+    /// Takes back revocations remembered in the database (at start, before any relay
+    /// registers or subscribes).
+    pub fn restore(&self, revocations: impl IntoIterator<Item = Revocation>) {
+        let mut revoked = lock(&self.revoked);
+        for r in revocations {
+            let until = revoked.entry(r.user).or_insert(0);
+            *until = (*until).max(r.until);
+        }
     }
 
     /// Revocations still in force at Unix time `unix`, for a relay's heartbeat answer.

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS bans (
     public_key TEXT NOT NULL,
     PRIMARY KEY (party_id, public_key)
 );
+CREATE TABLE IF NOT EXISTS revocations (
+    turn_user TEXT PRIMARY KEY,
+    until_unix BIGINT NOT NULL
+);
 "#;
 
 /// A party row.
@@ -532,4 +536,38 @@ pub async fn latest_party_of(
     .fetch_optional(c)
     .await?;
     row.map(|r| party_id(r.try_get::<&str, _>(0)?)).transpose()
+}
+
+/// Remembers that a TURN user id's credentials issued before `until` are revoked, so relays
+/// still hear of it after a restart, and forgets revocations that ended by `now`.
+pub async fn put_revocation(
+    c: &mut SqliteConnection,
+    user: &str,
+    until: i64,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM revocations WHERE until_unix <= $1")
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query(
+        "INSERT INTO revocations (turn_user, until_unix) VALUES ($1, $2) \
+         ON CONFLICT (turn_user) DO UPDATE SET until_unix = MAX(until_unix, excluded.until_unix)",
+    )
+    .bind(user)
+    .bind(until)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// Revocations still in force at `now`.
+pub async fn revocations(c: &mut SqliteConnection, now: i64) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query("SELECT turn_user, until_unix FROM revocations WHERE until_unix > $1")
+        .bind(now)
+        .fetch_all(c)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect()
 }

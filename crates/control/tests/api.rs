@@ -61,6 +61,11 @@ impl Server {
 
     async fn start_with(configure: impl FnOnce(&mut ControlConfig)) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        Self::start_in(dir, configure).await
+    }
+
+    /// A server on the database in `dir` (a new one, or one a stopped server left).
+    async fn start_in(dir: tempfile::TempDir, configure: impl FnOnce(&mut ControlConfig)) -> Self {
         let database_url = format!("sqlite://{}", dir.path().join("c.db").display());
         let mut config = ControlConfig::new(database_url.clone());
         configure(&mut config);
@@ -2686,6 +2691,34 @@ async fn relay_credentials_are_for_members_and_revoked_when_they_go() {
     // Leaving revokes too.
     s.leave(&host, party.id).await;
     assert!(revocations.try_recv().is_ok());
+    // Revocations outlive a restart of the control plane: a relay that registers with the
+    // new instance still hears of both.
+    let Server {
+        stop, task, _dir, ..
+    } = s;
+    stop.send(()).ok();
+    task.await.expect("no panic").expect("clean stop");
+    let s = Server::start_in(_dir, |c| {
+        c.ice.turn_secret = Some("lab-secret".into());
+        c.ice.trusted_relays = vec![signer.public_key()];
+    })
+    .await;
+    let (status, beat) = reply(relay_request(
+        &s,
+        &signer,
+        &relay_body("r1", "203.0.113.5:3478"),
+        9,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{beat}");
+    let users: Vec<&str> = beat["revoked"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["user"].as_str())
+        .collect();
+    assert!(users.contains(&user), "{beat}");
+    assert_eq!(users.len(), 2, "{beat}");
     s.shutdown().await;
 }
 
