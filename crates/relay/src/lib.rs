@@ -502,15 +502,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rfc5780_changes_are_answered_from_the_other_addresses() {
-        let from = a("198.51.100.2:40000");
-        let socks = [
+    /// Two IPs × two ports, the RFC 5780 setup.
+    fn rfc5780_sockets() -> [SocketAddr; 4] {
+        [
             a("203.0.113.10:3478"),
             a("203.0.113.11:3478"),
             a("203.0.113.10:3479"),
             a("203.0.113.11:3479"),
-        ];
+        ]
+    }
+
+    #[test]
+    fn rfc5780_changes_are_answered_from_the_other_addresses() {
+        let from = a("198.51.100.2:40000");
+        let socks = rfc5780_sockets();
         let local = socks[0];
         for (ip, port, expect) in [
             (false, false, socks[0]),
@@ -535,12 +540,7 @@ mod tests {
     #[test]
     fn rfc8489_server_rules_unknown_attributes_fingerprints_and_classic_requests() {
         let from = a("198.51.100.2:40000");
-        let socks = [
-            a("203.0.113.10:3478"),
-            a("203.0.113.11:3478"),
-            a("203.0.113.10:3479"),
-            a("203.0.113.11:3479"),
-        ];
+        let socks = rfc5780_sockets();
         let local = socks[0];
         // An unknown comprehension-required attribute: 420 from where it was asked, to
         // the sender, no larger than a Binding answer.

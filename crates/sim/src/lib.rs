@@ -221,15 +221,7 @@ pub fn run(s: &Scenario) -> Outcome {
         w.flush(p);
     }
     for _ in 0..MAX_STEPS {
-        let next_event = w.queue.peek().map(|Reverse(e)| e.at);
-        let next_timer = w
-            .players
-            .iter()
-            .map(Player::poll_timeout)
-            .chain([w.next_server_tick])
-            .min()
-            .unwrap_or(end);
-        let next = next_event.map_or(next_timer, |e| e.min(next_timer));
+        let next = w.next_wake(&[], end);
         if next > end {
             break;
         }
@@ -316,6 +308,21 @@ impl World {
             cookie_replies: 0,
             hints,
         }
+    }
+
+    /// When something next happens: the earliest queued event, player timer, server tick
+    /// or `extra` deadline of the caller's own (`end` if there is none).
+    fn next_wake(&self, extra: &[Instant], end: Instant) -> Instant {
+        let next_event = self.queue.peek().map(|Reverse(e)| e.at);
+        let next_timer = self
+            .players
+            .iter()
+            .map(Player::poll_timeout)
+            .chain([self.next_server_tick])
+            .chain(extra.iter().copied())
+            .min()
+            .unwrap_or(end);
+        next_event.map_or(next_timer, |e| e.min(next_timer))
     }
 
     /// Handles every event and timer due now.

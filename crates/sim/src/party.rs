@@ -14,7 +14,6 @@
 //! makes WireGuard rekey: the initiator of a session starts a new handshake on its first
 //! send after REKEY_AFTER_TIME.
 
-use std::cmp::Reverse;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -128,15 +127,7 @@ pub fn run(p: &Party) -> PartyOutcome {
         steps: 0,
     };
     loop {
-        let next_event = w.queue.peek().map(|Reverse(e)| e.at);
-        let next_timer = w
-            .players
-            .iter()
-            .map(Player::poll_timeout)
-            .chain([w.next_server_tick, next_traffic, next_sample])
-            .min()
-            .unwrap_or(end);
-        let next = next_event.map_or(next_timer, |e| e.min(next_timer));
+        let next = w.next_wake(&[next_traffic, next_sample], end);
         if next > end {
             break;
         }
